@@ -1,0 +1,79 @@
+import keras
+from keras import ops
+
+from keras_vitbn.layers.initializers import torch_dense
+from keras_vitbn.layers.norms import check_norm, make_norm
+from keras_vitbn.layers.validation import check_positive, check_rate
+
+
+def dropout_or_identity(rate, name, dtype):
+    if rate:
+        return keras.layers.Dropout(rate, name=name, dtype=dtype)
+    return keras.layers.Identity(name=name, dtype=dtype)
+
+
+@keras.saving.register_keras_serializable(package="keras_vitbn")
+class AttentionBlock(keras.layers.Layer):
+    """Pre-norm multi-head self-attention with a residual connection.
+
+    `x + out(attention(qkv(norm(x))))`, with one fused bias-free q/k/v projection
+    to 3 x `heads` x `dim_head` (the inner width is independent of `dim`, as in
+    the reference: 8 x 64 = 512 with dim 64) and scale `dim_head ** -0.5`.
+
+    Args:
+        dim: int. Token width (input and output).
+        heads: int. Number of attention heads. Defaults to 8.
+        dim_head: int. Width of each head. Defaults to 64.
+        norm: str. Pre-norm, `layernorm`, `batchnorm` or `none`. Defaults to `layernorm`.
+        dropout: float. Dropout after the output projection. Defaults to 0.
+
+    Example:
+    >>> block = AttentionBlock(dim=64, heads=8, dim_head=64)
+    >>> block(keras.ops.zeros((2, 17, 64))).shape
+    (2, 17, 64)
+    """
+
+    def __init__(self, dim, heads=8, dim_head=64, norm="layernorm", dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        check_positive(dim=dim, heads=heads, dim_head=dim_head)
+        check_norm(norm)
+        check_rate(dropout=dropout)
+        self.dim = dim
+        self.heads = heads
+        self.dim_head = dim_head
+        self.norm = norm
+        self.dropout = dropout
+        self.inner_dim = heads * dim_head
+
+    def build(self, input_shape):
+        if input_shape[-1] != self.dim:
+            raise ValueError(f"AttentionBlock(dim={self.dim}) got tokens of width {input_shape[-1]}")
+        self.pre_norm = make_norm(self.norm, layer_name="norm", dtype=self.dtype_policy)
+        self.pre_norm.build(input_shape)
+        self.qkv = torch_dense(3 * self.inner_dim, self.dim, use_bias=False, name="qkv", dtype=self.dtype_policy)
+        self.qkv.build(input_shape)
+        self.out = torch_dense(self.dim, self.inner_dim, name="out", dtype=self.dtype_policy)
+        self.out.build((*input_shape[:-1], self.inner_dim))
+        self.out_dropout = dropout_or_identity(self.dropout, "out_dropout", self.dtype_policy)
+
+    def call(self, x, training=None):
+        h = self.pre_norm(x, training=training)
+        qkv = self.qkv(h)
+        # (B, N, 3 * H * D) -> three (B, N, H, D): the layout dot_product_attention takes.
+        batch, tokens = ops.shape(qkv)[0], ops.shape(qkv)[1]
+        qkv = ops.reshape(qkv, (batch, tokens, 3, self.heads, self.dim_head))
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        h = ops.dot_product_attention(q, k, v, scale=self.dim_head**-0.5)
+        h = ops.reshape(h, (batch, tokens, self.inner_dim))
+        h = self.out_dropout(self.out(h), training=training)
+        return x + h
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            dim=self.dim, heads=self.heads, dim_head=self.dim_head, norm=self.norm, dropout=self.dropout
+        )
+        return config

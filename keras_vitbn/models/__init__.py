@@ -1,0 +1,5 @@
+from keras_vitbn.models.mlp import DNN
+from keras_vitbn.models.registry import VARIANTS, create_model, list_models
+from keras_vitbn.models.vit import ViT
+
+__all__ = ["DNN", "VARIANTS", "ViT", "create_model", "list_models"]

@@ -1,0 +1,29 @@
+import keras
+
+
+class ArgumentsConfigModel(keras.Model):
+    """A functional model whose config is exactly its constructor arguments.
+
+    Subclasses build their graph in `__init__`, call `super().__init__(inputs=...,
+    outputs=..., **kwargs)`, then `self.remember_arguments(...)`.
+    """
+
+    def remember_arguments(self, **arguments):
+        self._arguments = arguments
+        for name, value in arguments.items():
+            setattr(self, name, value)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+            **{name: list(v) if isinstance(v, tuple) else v for name, v in self._arguments.items()},
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
+        return cls(**config)
