@@ -74,12 +74,14 @@ class PatchEmbedding(keras.layers.Layer):
         self.num_patches = self.grid[0] * self.grid[1]
         self.patch_dim = patch_size * patch_size * channels
 
-    def build(self, input_shape):
+    def check_input_shape(self, input_shape):
         expected = (*image_hw(self.image_size), self.channels)
-        if tuple(input_shape[1:]) != expected:
-            raise ValueError(
-                f"PatchEmbedding expects NHWC images of shape {expected}, got {tuple(input_shape[1:])}"
-            )
+        got = tuple(input_shape[1:])
+        if len(got) != 3 or any(g is not None and g != e for g, e in zip(got, expected)):
+            raise ValueError(f"PatchEmbedding expects NHWC images of shape {expected}, got {got}")
+
+    def build(self, input_shape):
+        self.check_input_shape(input_shape)
         tokens_shape = (None, self.num_patches, self.patch_dim)
         self.patch_norm = make_norm(self.norm, layer_name="patch_norm", dtype=self.dtype_policy)
         self.patch_norm.build(tokens_shape)
@@ -113,6 +115,7 @@ class PatchEmbedding(keras.layers.Layer):
         return ops.reshape(x, (-1, self.num_patches, self.patch_dim))
 
     def call(self, images, training=None):
+        self.check_input_shape(images.shape)  # static shapes: free at trace time
         x = self.patchify(images)
         x = self.patch_norm(x, training=training)
         x = self.projection(x)

@@ -8,6 +8,15 @@ class ArgumentsConfigModel(keras.Model):
     outputs=..., **kwargs)`, then `self.remember_arguments(...)`.
     """
 
+    MODEL_KWARGS = ("name", "trainable", "dtype")
+
+    def __init__(self, inputs, outputs, **kwargs):
+        # keras.Model drops unknown keywords silently; a typo should not pass unnoticed.
+        unknown = sorted(set(kwargs) - set(self.MODEL_KWARGS))
+        if unknown:
+            raise ValueError(f"{type(self).__name__} got an unexpected keyword argument {unknown[0]!r}")
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+
     def remember_arguments(self, **arguments):
         self._arguments = arguments
         for name, value in arguments.items():

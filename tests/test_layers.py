@@ -1,0 +1,147 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_vitbn.layers import AttentionBlock, Encoder, FeedForward, PatchEmbedding, TokenPooling
+from tests.testing import run_layer_test
+
+
+@pytest.mark.parametrize(
+    "norm, trainable, non_trainable",
+    # cls, positions, projection kernel+bias, and gamma/beta of each of the two norms
+    [("layernorm", 8, 0), ("batchnorm", 8, 4), ("none", 4, 0)],
+)
+def test_patch_embedding(norm, trainable, non_trainable, tmp_path):
+    run_layer_test(
+        PatchEmbedding,
+        {"image_size": 28, "patch_size": 7, "dim": 16, "channels": 1, "norm": norm},
+        input_shape=(3, 28, 28, 1),
+        expected_output_shape=(3, 17, 16),
+        expected_num_trainable_weights=trainable,
+        expected_num_non_trainable_weights=non_trainable,
+        tmp_path=tmp_path,
+    )
+
+
+def test_patch_embedding_rectangular_rgb_sincos(tmp_path):
+    layer = run_layer_test(
+        PatchEmbedding,
+        {"image_size": [8, 12], "patch_size": 4, "dim": 8, "channels": 3, "pos_embedding": "sincos", "dropout": 0.1},
+        input_shape=(2, 8, 12, 3),
+        expected_output_shape=(2, 7, 8),
+        expected_num_trainable_weights=7,  # no learned position embedding
+        tmp_path=tmp_path,
+    )
+    assert not any("position" in w.path for w in layer.weights)
+
+
+def test_patchify_order_matches_reference():
+    # The reference flattens each patch in (p1, p2, c) order: row-major inside the patch.
+    layer = PatchEmbedding(image_size=4, patch_size=2, dim=4, channels=2)
+    images = np.arange(4 * 4 * 2, dtype="float32").reshape(1, 4, 4, 2)
+    patches = keras.ops.convert_to_numpy(layer.patchify(images))
+    expected = [images[0, r : r + 2, c : c + 2, :].reshape(-1) for r in (0, 2) for c in (0, 2)]
+    np.testing.assert_array_equal(patches[0], np.stack(expected))
+
+
+def test_sincos_positions_are_fixed_and_distinct():
+    layer = PatchEmbedding(image_size=28, patch_size=7, dim=16, pos_embedding="sincos")
+    layer.build((None, 28, 28, 1))
+    table = keras.ops.convert_to_numpy(layer.position_embedding)[0]
+    assert table.shape == (17, 16)
+    assert len({tuple(np.round(row, 5)) for row in table}) == 17
+
+
+@pytest.mark.parametrize("norm, trainable", [("layernorm", 5), ("batchnorm", 5), ("none", 3)])
+def test_attention_block(norm, trainable, tmp_path):
+    run_layer_test(
+        AttentionBlock,
+        {"dim": 16, "heads": 2, "dim_head": 8, "norm": norm},
+        input_shape=(2, 5, 16),
+        expected_output_shape=(2, 5, 16),
+        expected_num_trainable_weights=trainable,  # qkv kernel, out kernel+bias, norm gamma+beta
+        expected_num_non_trainable_weights=2 if norm == "batchnorm" else 0,
+        tmp_path=tmp_path,
+    )
+
+
+def test_attention_matches_explicit_softmax():
+    block = AttentionBlock(dim=8, heads=2, dim_head=4, norm="none")
+    x = np.random.default_rng(1).normal(size=(2, 5, 8)).astype("float32")
+    out = keras.ops.convert_to_numpy(block(x))
+    qkv = x @ keras.ops.convert_to_numpy(block.qkv.kernel)
+    q, k, v = (qkv[..., i * 8 : (i + 1) * 8].reshape(2, 5, 2, 4).transpose(0, 2, 1, 3) for i in range(3))
+    scores = q @ k.transpose(0, 1, 3, 2) * 4**-0.5
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    heads = (weights @ v).transpose(0, 2, 1, 3).reshape(2, 5, 8)
+    expected = x + heads @ keras.ops.convert_to_numpy(block.out.kernel) + keras.ops.convert_to_numpy(block.out.bias)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "norm, trainable, non_trainable",
+    [("layernorm", 6, 0), ("batchnorm", 6, 2), ("pre_batchnorm", 6, 2), ("none", 4, 0)],
+)
+def test_feed_forward(norm, trainable, non_trainable, tmp_path):
+    run_layer_test(
+        FeedForward,
+        {"dim": 16, "mlp_dim": 32, "norm": norm},
+        input_shape=(2, 5, 16),
+        expected_output_shape=(2, 5, 16),
+        expected_num_trainable_weights=trainable,
+        expected_num_non_trainable_weights=non_trainable,
+        tmp_path=tmp_path,
+    )
+
+
+def test_batchnorm_ffn_structure():
+    ffn = FeedForward(dim=16, mlp_dim=32, norm="batchnorm")
+    ffn.build((None, 5, 16))
+    assert isinstance(ffn.pre_norm, keras.layers.Identity)  # no LayerNorm before the FFN
+    bn = ffn.hidden_norm
+    assert isinstance(bn, keras.layers.BatchNormalization)
+    assert bn.gamma.shape == (32,)  # over the hidden features, statistics over batch and tokens
+    assert bn.momentum == pytest.approx(0.9) and bn.epsilon == pytest.approx(1e-5)
+
+
+def test_layernorm_ffn_uses_exact_gelu():
+    ffn = FeedForward(dim=4, mlp_dim=4, norm="none")
+    ffn.build((None, 1, 4))
+    ffn.fc1.kernel.assign(np.eye(4, dtype="float32"))
+    ffn.fc1.bias.assign(np.zeros(4, "float32"))
+    ffn.fc2.kernel.assign(np.eye(4, dtype="float32"))
+    ffn.fc2.bias.assign(np.zeros(4, "float32"))
+    x = np.array([[[-2.0, -0.5, 0.5, 2.0]]], dtype="float32")
+    from math import erf, sqrt
+
+    exact = np.array([[[v * 0.5 * (1 + erf(v / sqrt(2))) for v in x[0, 0]]]], dtype="float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ffn(x)), x + exact, atol=1e-6)
+
+
+@pytest.mark.parametrize("ffn_norm, non_trainable", [("layernorm", 0), ("batchnorm", 4)])
+def test_encoder(ffn_norm, non_trainable, tmp_path):
+    run_layer_test(
+        Encoder,
+        {"dim": 16, "depth": 2, "heads": 2, "dim_head": 8, "mlp_dim": 32, "ffn_norm": ffn_norm},
+        input_shape=(2, 5, 16),
+        expected_output_shape=(2, 5, 16),
+        expected_num_trainable_weights=2 * (5 + 6) + 2,  # per block: attention 5, FFN 6; final norm 2
+        expected_num_non_trainable_weights=non_trainable,
+        tmp_path=tmp_path,
+    )
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_token_pooling(pool, tmp_path):
+    layer = run_layer_test(
+        TokenPooling,
+        {"pool": pool},
+        input_shape=(2, 5, 4),
+        expected_output_shape=(2, 4),
+        expected_num_trainable_weights=0,
+        tmp_path=None,  # no weights: the model tests cover its .keras round trip
+    )
+    x = np.random.default_rng(0).random((2, 5, 4), dtype=np.float32)
+    expected = x[:, 0] if pool == "cls" else x.mean(axis=1)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), expected, rtol=1e-6)
