@@ -1,0 +1,33 @@
+# Every target installs (or reuses) the project's virtual environment first.
+# Exact versions come from constraints.txt, the one lock file for README, CI and this Makefile.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BACKENDS ?= tensorflow jax torch
+PYTEST_ARGS ?= -q
+KERAS_BACKEND ?= jax
+TRAIN_ARGS ?=
+
+.PHONY: venv train test clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]" 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PY) -c "import keras, tensorflow, jax, torch, keras_tuner, tensorflow_datasets, mlxtend"
+	touch $(STAMP)
+
+# The main job: the article's ViTBNFFN on MNIST (JAX unless KERAS_BACKEND says otherwise).
+train: $(STAMP)
+	KERAS_BACKEND=$(KERAS_BACKEND) $(PY) trainers/mnist.py $(TRAIN_ARGS)
+
+# The whole suite, once per backend; fails if any backend fails.
+test: $(STAMP)
+	@status=0; for backend in $(BACKENDS); do \
+	  echo "=== KERAS_BACKEND=$$backend"; \
+	  KERAS_BACKEND=$$backend TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest $(PYTEST_ARGS) || status=1; \
+	done; exit $$status
+
+clean:
+	rm -rf $(VENV) *.egg-info
