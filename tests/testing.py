@@ -69,12 +69,28 @@ def run_layer_test(
     assert tuple(eager.shape) == tuple(expected_output_shape)
     assert np.all(np.isfinite(_as_numpy(eager)))
 
+    # Mixed precision: bfloat16 compute, float32 variables.
+    mixed = layer_cls(**init_kwargs, dtype="mixed_bfloat16")
+    mixed_out = mixed(x)
+    assert keras.backend.standardize_dtype(mixed_out.dtype) == "bfloat16"
+    assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in mixed.weights)
+    np.testing.assert_allclose(
+        _as_numpy(keras.ops.cast(mixed_out, "float32")), _as_numpy(_copy_weights(layer, mixed)(x)), rtol=0.1, atol=0.1
+    )
+
     inputs = keras.Input(input_shape[1:])
     model = keras.Model(inputs, layer_cls(**init_kwargs)(inputs))
     assert_fit_step_changes_weights(model, x, np.zeros(expected_output_shape, "float32"), "mse")
     if tmp_path is not None:
         assert_keras_round_trip(model, x, tmp_path, name=layer_cls.__name__, check_config=False)
     return layer
+
+
+def _copy_weights(source, target):
+    """`source`'s float32 outputs with `target`'s weights made equal: compares like with like."""
+    for s_weight, t_weight in zip(source.weights, target.weights):
+        s_weight.assign(t_weight)
+    return source
 
 
 def run_in_backend(backend, code, timeout=240):
