@@ -1,5 +1,5 @@
-"""Train on MNIST with the article's setup (ViTBNFFN, depth 6, Adam 1e-3, batch 100, 10 epochs,
-rotation/translation/zoom-out augmentation on train and test).
+"""Train on MNIST with the article's setup (ViTBNFFN, depth 6, Adam 0.003, batch 100, 10 epochs,
+rotation/translation/zoom-out augmentation of the training images; clean and augmented test accuracy).
 
     KERAS_BACKEND=jax python trainers/mnist.py
     python trainers/mnist.py --data-dir DIR --test-data-dir ../shared/data/mnist-test
