@@ -1,0 +1,511 @@
+"""The learning-rate search per (model, depth) with keras-tuner: `search(config) -> dict`.
+
+Every (model, depth) cell is its own keras-tuner project, searched in turn
+(model by model, shallow to deep); inside a cell keras-tuner chooses learning
+rates (`kt.HyperModel` below) by Bayesian optimisation, random or grid search.
+A search directory holds:
+
+    search.json                      resolved SearchConfig, data provenance, backend, command
+    kt/<model>_d<depth>/             the keras-tuner project of one cell: oracle.json,
+        trial_<id>/trial.json          keras-tuner's record of the trial
+        trial_<id>/outcome.json        status, failure reason, last-epoch metrics, per-epoch history
+        trial_<id>/events.jsonl        one line per start/end of the trial (which process ran it)
+        trial_<id>/model.keras         the trained model (last epoch) of a completed trial
+    results.csv, results.md          one row per cell: best lr, its val and test accuracy, ...
+    trials.csv                       one row per trial, failed ones with their reason
+    best_lr_vs_depth.png             best learning rate (and its accuracy) against depth
+    heatmap.png                      validation accuracy over depth x learning rate, per model
+    best_models/<model>_d<depth>.keras (+ .json with its test accuracy)
+    report.log                       one line per report written (who wrote it)
+
+The objective is the validation accuracy at the last epoch, on a validation
+split carved from the end of the training data; the test splits (clean and
+augmented, the trainers' protocol) are evaluated on each cell's best model only,
+after the search, and never guide it.
+
+A trial whose loss becomes NaN or infinite is stopped, recorded as failed with
+its reason (`kt.errors.FailedTrialError`), and the search goes on.
+
+Resuming: rerunning the same command resumes every cell where it stopped
+(keras-tuner reloads the oracle; a trial that was running when the process was
+killed is run again by the same tuner id; completed trials are never rerun).
+
+Distributed: the same command runs as one chief and N workers, switched by
+keras-tuner's environment variables `KERASTUNER_TUNER_ID` ("chief" for the
+chief), `KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT`. The chief serves
+each cell's oracle over gRPC in turn and writes the report; workers run the
+trials. All must see the same output directory (a shared file system).
+"""
+
+import json
+import math
+import os
+import shutil
+import time
+
+import keras
+import keras_tuner as kt
+
+from keras_vitbn.training import callbacks as training_callbacks
+from keras_vitbn.training.train import build_model, compile_model, load_data
+from keras_vitbn.tuning.config import SearchConfig
+
+OBJECTIVE = "val_accuracy"
+LR = "learning_rate"
+CHIEF_POLL_SECONDS = 0.5
+WORKER_POLL_SECONDS = 0.5
+# A never-reached limit: divergent trials fail one after another by design.
+MAX_CONSECUTIVE_FAILURES = 10**9
+DEFAULT_INITIAL_POINTS = 3
+
+
+def _say(message):
+    print(f"[keras_vitbn.tuning] {message}", flush=True)
+
+
+def _write_json(path, value):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def cell_name(model, depth):
+    return f"{model}_d{depth}"
+
+
+# --------------------------------------------------------------------------- distributed mode
+
+
+def distributed_role():
+    """"single", "chief" or "worker", from keras-tuner's environment variables."""
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return "single"
+    for name in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID"):
+        if not os.environ.get(name):
+            raise ValueError(f"KERASTUNER_ORACLE_IP is set but {name} is not: set both for a distributed search")
+    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+
+
+def _oracle_address():
+    return f"{os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}"
+
+
+def serve_oracle(oracle, poll=CHIEF_POLL_SECONDS):
+    """Serves `oracle` to the workers with keras-tuner's gRPC servicer until its search is over.
+
+    keras-tuner's own `oracle_chief.start_server` polls every 20 s once the
+    search is over and never stops its server; a search of many cells serves
+    one oracle after another on the same port, so this one polls faster and
+    stops its server before the next cell's starts.
+    """
+    from concurrent import futures
+
+    import grpc
+    from keras_tuner.src import protos
+    from keras_tuner.src.distribute import oracle_chief
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1), options=[("grpc.so_reuseport", 0)])
+    servicer = oracle_chief.OracleServicer(oracle)
+    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+    address = _oracle_address()
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as error:
+        raise RuntimeError(f"the chief cannot listen on {address}: {error}") from None
+    if not port:
+        raise RuntimeError(f"the chief cannot listen on {address} (port in use?)")
+    server.start()
+    try:
+        while not (servicer.stop_triggered and oracle_chief.exit_chief(oracle)):
+            time.sleep(poll)
+    finally:
+        server.stop(grace=2).wait()
+
+
+def served_cell(timeout):
+    """The cell whose oracle the chief serves now (waits for a server up to `timeout` s)."""
+    import grpc
+    from keras_tuner.src import protos
+
+    channel = grpc.insecure_channel(_oracle_address())
+    try:
+        stub = protos.get_service_grpc().OracleStub(channel)
+        response = stub.GetSpace(protos.get_service().GetSpaceRequest(), wait_for_ready=True, timeout=timeout)
+    except grpc.RpcError as error:
+        raise RuntimeError(
+            f"no chief answered at {_oracle_address()} within {timeout:.0f} s ({error.code().name}): start the "
+            "chief (KERASTUNER_TUNER_ID=chief) with the same command, or raise --chief-timeout"
+        ) from None
+    finally:
+        channel.close()
+    hps = kt.HyperParameters.from_proto(response.hyperparameters)
+    return hps.values.get("cell")
+
+
+# --------------------------------------------------------------------------- keras-tuner parts
+
+
+class LearningRateHyperModel(kt.HyperModel):
+    """One (model, depth) cell: builds the model at a tuned learning rate and trains it.
+
+    Args:
+        config: SearchConfig.
+        model_name: str. Registry name of the model.
+        depth: int. Encoder depth (ViT) or number of hidden layers (DNN).
+        image_shape: tuple. (height, width, channels) of the data.
+        num_classes: int.
+        steps_per_epoch: int. For learning-rate schedules.
+
+    Example:
+    >>> hypermodel = LearningRateHyperModel(SearchConfig(), "vit_bnffn", 3, (28, 28, 1), 10, 540)
+    >>> model = hypermodel.build(kt.HyperParameters())
+    """
+
+    def __init__(self, config, model_name, depth, image_shape, num_classes, steps_per_epoch):
+        super().__init__(name=cell_name(model_name, depth))
+        self.config = config
+        self.model_name = model_name
+        self.depth = depth
+        self.image_shape = tuple(image_shape)
+        self.num_classes = int(num_classes)
+        self.steps_per_epoch = int(steps_per_epoch)
+
+    def declare_learning_rate(self, hp):
+        if self.config.tuner == "grid":
+            return hp.Choice(LR, values=list(self.config.grid()), ordered=True)
+        return hp.Float(LR, min_value=self.config.lr_min, max_value=self.config.lr_max, sampling="log")
+
+    def build(self, hp):
+        learning_rate = self.declare_learning_rate(hp)
+        hp.Fixed("cell", cell_name(self.model_name, self.depth))
+        hp.Fixed("model", self.model_name)
+        hp.Fixed("depth", self.depth)
+        train = self.config.train
+        config = type(train).from_dict(
+            {**train.to_dict(), "model": self.model_name, "depth": self.depth, "learning_rate": learning_rate}
+        )
+        # Same initial weights at every learning rate of a cell: only the lr differs between its trials.
+        keras.utils.set_random_seed(config.seed)
+        model = build_model(config, self.image_shape, self.num_classes)
+        return compile_model(model, config, self.steps_per_epoch)
+
+    def fit(self, hp, model, *args, callbacks=None, **kwargs):
+        """Trains; returns the last epoch's metrics, or raises `FailedTrialError` if training diverged."""
+        guard = training_callbacks.DivergenceGuard()
+        kwargs.setdefault("shuffle", False)  # the tf.data pipeline shuffles with the run's seed
+        history = model.fit(*args, callbacks=[guard, *(callbacks or [])], **kwargs)
+        if guard.reason is not None:
+            raise kt.errors.FailedTrialError(f"diverged: {guard.reason}")
+        last = {name: float(values[-1]) for name, values in history.history.items() if values}
+        for name in (OBJECTIVE, "val_loss"):
+            if name not in last:
+                raise kt.errors.FailedTrialError(f"no {name} after training: the search needs validation data")
+            if not math.isfinite(last[name]):
+                raise kt.errors.FailedTrialError(f"diverged: {name} is {last[name]} after the last epoch")
+        return last
+
+
+class LearningRateTuner(kt.Tuner):
+    """A `kt.Tuner` that keeps each trial's model as `.keras` and its outcome as JSON.
+
+    Besides keras-tuner's own records, each trial directory gets `outcome.json`
+    (status, failure reason, last-epoch metrics, history: it reaches the chief in
+    a distributed search, where keras-tuner does not send failure messages),
+    `events.jsonl` (one line per start and end of the trial, with the tuner id
+    and process id) and, when it completed, `model.keras` (its last epoch, the
+    weights the objective was measured on). A chief serves its oracle instead
+    of searching (`serve_oracle`).
+    """
+
+    def __init__(self, oracle, hypermodel, directory, project_name, **kwargs):
+        tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
+        project_dir = os.path.join(directory, project_name)
+        had_tuner_file = os.path.exists(os.path.join(project_dir, f"{tuner_id}.json"))
+        super().__init__(oracle, hypermodel, directory=directory, project_name=project_name, overwrite=False, **kwargs)
+        # keras-tuner reloads its oracle only when this tuner id saved a state file; a search begun
+        # under another id (a single-machine search resumed by a chief, a process killed before its
+        # first trial ended) must still resume its oracle rather than overwrite its trials.
+        if not had_tuner_file and distributed_role() != "worker" and os.path.exists(
+            os.path.join(project_dir, "oracle.json")
+        ):
+            self.oracle.reload()
+        if distributed_role() == "single":
+            # Trials left running by other tuner ids (workers of a distributed search stopped for
+            # good) would otherwise never finish: run them again here first.
+            for tuner_id, trial in list(self.oracle.ongoing_trials.items()):
+                if tuner_id != self.tuner_id:
+                    self.oracle.ongoing_trials.pop(tuner_id)
+                    self.oracle._retry_queue.append(trial.trial_id)
+
+    def is_finished(self):
+        """Whether the oracle has nothing left to run (chief or single machine)."""
+        oracle = self.oracle
+        if oracle.ongoing_trials or oracle._retry_queue:
+            return False
+        return oracle.max_trials is not None and len(oracle.trials) >= oracle.max_trials
+
+    def search(self, *fit_args, **fit_kwargs):
+        if distributed_role() == "chief":
+            if "verbose" in fit_kwargs:
+                self.oracle.verbose = fit_kwargs["verbose"]
+            self.save()
+            if not self.is_finished():
+                serve_oracle(self.oracle)
+            return
+        super().search(*fit_args, **fit_kwargs)
+
+    def _event(self, trial_dir, event, **fields):
+        line = {
+            "event": event,
+            "tuner_id": self.tuner_id,
+            "pid": os.getpid(),
+            "time": time.time(),
+            **fields,
+        }
+        with open(os.path.join(trial_dir, "events.jsonl"), "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def run_trial(self, trial, *args, **kwargs):
+        hp = trial.hyperparameters
+        trial_dir = self.get_trial_dir(trial.trial_id)
+        learning_rate = hp.get(LR)
+        outcome = {
+            "trial_id": trial.trial_id,
+            "model": hp.get("model"),
+            "depth": hp.get("depth"),
+            "learning_rate": learning_rate,
+            "tuner_id": self.tuner_id,
+            "backend": keras.backend.backend(),
+        }
+        self._event(trial_dir, "start", learning_rate=learning_rate)
+        start = time.perf_counter()
+        model = None
+        try:
+            model = self._try_build(hp)
+            metrics = self.hypermodel.fit(hp, model, *args, **kwargs)
+        except kt.errors.FailedTrialError as error:  # diverged: a result, recorded, and the search goes on
+            reason = str(error)
+            history = getattr(getattr(model, "history", None), "history", None)
+            outcome.update(status="failed", reason=reason, seconds=time.perf_counter() - start,
+                           history=_history_rows(history))
+            _write_json(os.path.join(trial_dir, "outcome.json"), outcome)
+            self._event(trial_dir, "end", status="failed", reason=reason)
+            _say(f"trial {trial.trial_id} of {outcome['model']} d{outcome['depth']} at lr {learning_rate:.3g} "
+                 f"failed: {reason}")
+            raise
+        except Exception as error:
+            # Anything else (bad data, a bug, out of memory) stops the search instead of quietly failing
+            # every trial; the trial stays unfinished and runs again when the search is rerun.
+            self._event(trial_dir, "error", reason=f"{type(error).__name__}: {error}")
+            raise kt.errors.FatalError(
+                f"trial {trial.trial_id} of {outcome['model']} d{outcome['depth']} at lr {learning_rate:.3g} "
+                f"raised {type(error).__name__}: {error}"
+            ) from error
+        model.save(os.path.join(trial_dir, "model.keras"))
+        outcome.update(status="completed", reason=None, seconds=time.perf_counter() - start, metrics=metrics,
+                       history=_history_rows(model.history.history))
+        _write_json(os.path.join(trial_dir, "outcome.json"), outcome)
+        self._event(trial_dir, "end", status="completed", **{OBJECTIVE: metrics[OBJECTIVE]})
+        return metrics
+
+
+def _history_rows(history):
+    if not history:
+        return []
+    epochs = max(len(v) for v in history.values())
+    rows = []
+    for i in range(epochs):
+        row = {"epoch": i + 1}
+        for name, values in history.items():
+            if i < len(values):
+                value = float(values[i])
+                row[name] = value if math.isfinite(value) else None
+        rows.append(row)
+    return rows
+
+
+def make_oracle(config):
+    """The keras-tuner oracle of one cell: Bayesian optimisation, random or grid search."""
+    common = {
+        "objective": kt.Objective(OBJECTIVE, direction="max"),
+        "max_trials": config.max_trials(),
+        # keras-tuner draws a random seed when given 0; every cell gets the same seed, so random
+        # search (and Bayesian optimisation's initial points) tries the same rates at every depth.
+        "seed": config.train.seed + 1,
+        "max_consecutive_failed_trials": MAX_CONSECUTIVE_FAILURES,
+    }
+    if config.tuner == "bayesian":
+        # keras-tuner's default, 3 x the number of hyperparameters, counts the fixed ones (cell, model,
+        # depth) too: 12 random trials before the first Bayesian one. The learning rate is the one
+        # dimension searched, so 3.
+        initial = config.initial_points or DEFAULT_INITIAL_POINTS
+        return kt.oracles.BayesianOptimizationOracle(num_initial_points=initial, **common)
+    if config.tuner == "random":
+        return kt.oracles.RandomSearchOracle(**common)
+    return kt.oracles.GridSearchOracle(**common)
+
+
+def make_tuner(config, model_name, depth, provenance, output_dir):
+    steps = math.ceil(provenance["train_images"] / config.train.batch_size)
+    hypermodel = LearningRateHyperModel(
+        config, model_name, depth, provenance["image_shape"], provenance["num_classes"], steps
+    )
+    return LearningRateTuner(
+        make_oracle(config), hypermodel, directory=os.path.join(output_dir, "kt"), project_name=cell_name(model_name, depth)
+    )
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def _environment():
+    import keras_tuner
+    import numpy
+    import tensorflow as tf
+
+    return {
+        "backend": keras.backend.backend(),
+        "keras": keras.__version__,
+        "keras_tuner": keras_tuner.__version__,
+        "tensorflow": tf.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def _check_or_write_config(config, output_dir, role, command, provenance):
+    path = os.path.join(output_dir, "search.json")
+    previous = _read_json(path)
+    backend = keras.backend.backend()
+    if previous is not None:
+        old = SearchConfig.from_dict(previous["config"])
+        changed = sorted(k for k, v in config.search_key().items() if old.search_key().get(k) != v)
+        if changed == ["train"]:
+            changed = sorted(
+                f"train.{k}" for k, v in config.search_key()["train"].items() if old.search_key()["train"].get(k) != v
+            )
+        if previous.get("environment", {}).get("backend") != backend:
+            changed.append(f"backend ({previous.get('environment', {}).get('backend')} before)")
+        if changed:
+            raise ValueError(
+                f"{output_dir} holds a different search (differs in {', '.join(changed)}): choose another "
+                "--output-dir, or pass --overwrite to replace it"
+            )
+    if role == "worker":
+        return
+    _write_json(
+        path,
+        {
+            "config": config.to_dict(),
+            "cells": [cell_name(m, d) for m, d in config.cells()],
+            "max_trials_per_cell": config.max_trials(),
+            "objective": f"{OBJECTIVE} at the last epoch (validation split of the training data)",
+            "data": {k: v for k, v in provenance.items() if k != "notes"},
+            "environment": _environment(),
+            "command": command,
+        },
+    )
+
+
+def _worker_loop(config, provenance, output_dir, fit_args, fit_kwargs, chief_timeout):
+    cells = config.cells()
+    names = [cell_name(m, d) for m, d in cells]
+    i = 0
+    tuner = None
+    while i < len(cells):
+        if tuner is None:
+            tuner = make_tuner(config, *cells[i], provenance, output_dir)
+        served = served_cell(chief_timeout)
+        if served not in names:
+            raise RuntimeError(
+                f"the chief at {_oracle_address()} serves cell {served!r}, which this search does not have "
+                f"({', '.join(names)}): run the same command on the chief and on every worker"
+            )
+        j = names.index(served)
+        if j < i:  # the chief is still finishing the previous cell
+            time.sleep(WORKER_POLL_SECONDS)
+            continue
+        if j > i:  # the chief has moved on: cells before j are finished
+            i, tuner = j, None
+            continue
+        _say(f"worker {os.environ['KERASTUNER_TUNER_ID']}: searching {names[i]} ({i + 1}/{len(cells)})")
+        tuner.search(*fit_args, **fit_kwargs)
+        i, tuner = i + 1, None
+
+
+def search(config, overwrite=False, verbose="auto", command=None, chief_timeout=3600.0, report=True, callbacks=None):
+    """Runs (or resumes) the search and writes its directory; see the module docstring.
+
+    Args:
+        config: SearchConfig.
+        overwrite: bool. Delete the search directory first (never on a worker).
+        verbose: "auto", 0, 1 or 2. Keras progress output of each trial.
+        command: str or None. The command line, recorded in search.json.
+        chief_timeout: float. How long a worker waits for the chief's oracle.
+        report: bool. Write the results (tables, plots, best models) at the end.
+        callbacks: list or None. Extra Keras callbacks for every trial's `fit`.
+
+    Returns:
+        dict with "output_dir", "role", "seconds" and, on a chief or a single
+        machine, "results" (one dict per cell) and "trials" (one per trial).
+
+    Example:
+    >>> train = TrainConfig(dataset="fashion_mnist", data_dir="../shared/data/fashion-mnist",
+    ...                     augment="none", validation_split=0.1, epochs=2, train_subset=5000)
+    >>> summary = search(SearchConfig(train, depths=(1, 2, 3), trials=4))
+    """
+    if isinstance(config, dict):
+        config = SearchConfig.from_dict(config)
+    role = distributed_role()
+    if not config.output_dir:
+        config = SearchConfig.from_dict({**config.to_dict(), "output_dir": config.default_output_dir()})
+    output_dir = config.output_dir
+    if overwrite and role != "worker" and os.path.isdir(output_dir):
+        shutil.rmtree(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+
+    start = time.perf_counter()
+    train_ds, val_ds, test_ds, test_aug_ds, provenance = load_data(config.train)
+    if provenance.get("warning"):
+        _say(f"WARNING: {provenance['warning']}")
+    _check_or_write_config(config, output_dir, role, command, provenance)
+    if verbose == "auto":
+        import sys
+
+        verbose = 1 if sys.stdout.isatty() else 2
+    fit_args = (train_ds,)
+    fit_kwargs = {"validation_data": val_ds, "epochs": config.train.epochs, "verbose": verbose,
+                  "callbacks": list(callbacks or [])}
+    cells = config.cells()
+    _say(
+        f"{role}: searching the learning rate of {len(cells)} cells ({', '.join(config.models)} x depths "
+        f"{', '.join(map(str, config.depths))}) with the {config.tuner} tuner, {config.max_trials()} trials each, "
+        f"lr in [{config.lr_bounds()[0]:g}, {config.lr_bounds()[1]:g}], on {config.train.dataset} "
+        f"[{provenance['train_images']:,} train, {provenance['val_images']:,} val, {provenance['test_images']:,} "
+        f"test images], backend {keras.backend.backend()}; writing {output_dir}"
+    )
+    if role == "worker":
+        _worker_loop(config, provenance, output_dir, fit_args, fit_kwargs, chief_timeout)
+        _say(f"worker {os.environ['KERASTUNER_TUNER_ID']}: done in {time.perf_counter() - start:.0f} s")
+        return {"output_dir": output_dir, "role": role, "seconds": time.perf_counter() - start}
+
+    for i, (model_name, depth) in enumerate(cells):
+        tuner = make_tuner(config, model_name, depth, provenance, output_dir)
+        _say(f"{cell_name(model_name, depth)} ({i + 1}/{len(cells)}): {len(tuner.oracle.trials)} trials recorded"
+             f"{', serving it to the workers' if role == 'chief' else ''}")
+        tuner.search(*fit_args, **fit_kwargs)
+    seconds = time.perf_counter() - start
+    summary = {"output_dir": output_dir, "role": role, "seconds": seconds}
+    if report:
+        from keras_vitbn.tuning import report as report_lib
+
+        summary.update(report_lib.write_report(config, test_ds, test_aug_ds, search_seconds=seconds))
+    return summary

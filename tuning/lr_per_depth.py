@@ -1,0 +1,29 @@
+"""Which learning rate works at which depth, with and without BatchNorm: a keras-tuner search of
+the learning rate for every (model, depth), by default ViT and ViTBNFFN at depths 1 to 8.
+
+    KERAS_BACKEND=jax python tuning/lr_per_depth.py --preset fashion_mnist \
+        --data-dir ../shared/data/fashion-mnist --depths 1 2 3 4 --trials 6 --epochs 5
+
+Rerun the same command to resume a stopped search. Distributed (one chief, N workers, the
+same command everywhere, a shared --output-dir):
+
+    KERASTUNER_TUNER_ID=chief  KERASTUNER_ORACLE_IP=10.0.0.1 KERASTUNER_ORACLE_PORT=8000 python tuning/lr_per_depth.py ...
+    KERASTUNER_TUNER_ID=tuner0 KERASTUNER_ORACLE_IP=10.0.0.1 KERASTUNER_ORACLE_PORT=8000 python tuning/lr_per_depth.py ...
+
+Results: <output-dir>/results.md (see docs/tuning.md). Every flag: python tuning/lr_per_depth.py --help
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds tf.data here: hide its C++ chatter
+
+try:
+    import keras_vitbn  # noqa: F401
+except ImportError:  # running from a checkout that is not installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from keras_vitbn.tuning.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
