@@ -62,7 +62,9 @@ class AttentionBlock(keras.layers.Layer):
         # (B, N, 3 * H * D) -> three (B, N, H, D): the layout dot_product_attention takes.
         batch, tokens = ops.shape(qkv)[0], ops.shape(qkv)[1]
         qkv = ops.reshape(qkv, (batch, tokens, 3, self.heads, self.dim_head))
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        # One unstack, not three index slices: on torch the gradient of each slice
+        # is a zero-filled copy of the whole qkv tensor; an unstack's is one stack.
+        q, k, v = ops.unstack(qkv, 3, axis=2)
         h = ops.dot_product_attention(q, k, v, scale=self.dim_head**-0.5)
         h = ops.reshape(h, (batch, tokens, self.inner_dim))
         h = self.out_dropout(self.out(h), training=training)

@@ -1,0 +1,78 @@
+"""`python -m keras_vitbn.benchmark`: see `keras_vitbn.benchmark`."""
+
+import argparse
+import datetime
+import os
+import sys
+
+from keras_vitbn.benchmark.run import BACKENDS, DEFAULT_DATA, MODELS, format_markdown, run_benchmark, write_results
+
+SMOKE = {"depth": 1, "steps": 2, "windows": 1, "epoch_images": 200, "infer_batch": 50, "infer_repeats": 1}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_vitbn.benchmark",
+        description="Training speed of the Keras ViT models on each backend against a plain-PyTorch yardstick.",
+    )
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
+    parser.add_argument("--steps", type=int, default=20, help="training steps per timed window (default 20)")
+    parser.add_argument("--windows", type=int, default=5, help="timed windows after the warm-up epoch (default 5)")
+    parser.add_argument(
+        "--settings", choices=("tuned", "keras-default"), default="tuned",
+        help="compile settings: keras_vitbn.performance.fit_settings (tuned) or Keras' defaults",
+    )
+    parser.add_argument(
+        "--jit", choices=("default", "on", "off", "auto"), default="default",
+        help="override jit_compile on every backend (default: the --settings value)",
+    )
+    parser.add_argument("--steps-per-execution", type=int, default=None, help="override steps_per_execution")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: all cores)")
+    parser.add_argument("--epoch-images", type=int, default=10_000, help="images of the real epoch; 0 skips it")
+    parser.add_argument("--epoch-repeats", type=int, default=1, help="timed real epochs after a warm-up epoch")
+    parser.add_argument("--epoch-dataset", default="fashion_mnist")
+    parser.add_argument("--epoch-source", default="idx", help="data source of the real epoch (see TrainConfig)")
+    parser.add_argument("--epoch-data-dir", default=None, help="IDX directory (default: shared/data/fashion-mnist)")
+    parser.add_argument("--infer-batch", type=int, default=5000, help="inference batch; 0 skips inference")
+    parser.add_argument("--infer-repeats", type=int, default=3)
+    parser.add_argument("--dtype-policy", default=None, help="e.g. mixed_bfloat16 (BatchNorm statistics stay float32)")
+    parser.add_argument("--no-yardstick", action="store_true", help="skip the plain-PyTorch yardstick")
+    parser.add_argument(
+        "--yardstick-attention", choices=("math", "sdpa"), default="math",
+        help="yardstick attention: the reference's matmul-softmax-matmul (math) or PyTorch SDPA",
+    )
+    parser.add_argument("--data-root", default=DEFAULT_DATA, help="the shared data folder")
+    parser.add_argument("--output", default=None, help="write OUTPUT.json and OUTPUT.md (default runs/benchmark/<time>)")
+    parser.add_argument("--smoke", action="store_true", help="a short structural run (depth 1, 2 steps) for CI")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    kwargs = dict(
+        models=args.models, depth=args.depth, batch_size=args.batch_size, backends=args.backends,
+        steps=args.steps, windows=args.windows, jit=args.jit, settings=args.settings,
+        steps_per_execution=args.steps_per_execution, threads=args.threads, epoch_images=args.epoch_images,
+        epoch_repeats=args.epoch_repeats, epoch_dataset=args.epoch_dataset, epoch_source=args.epoch_source,
+        epoch_data_dir=args.epoch_data_dir, infer_batch=args.infer_batch, infer_repeats=args.infer_repeats,
+        dtype_policy=args.dtype_policy, yardstick=not args.no_yardstick,
+        yardstick_options={"attention": args.yardstick_attention}, data_root=args.data_root,
+    )
+    if args.smoke:
+        kwargs.update(SMOKE)
+    output = args.output or os.path.join(
+        "runs", "benchmark", datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-smoke" if args.smoke else "")
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    results = run_benchmark(**kwargs, partial_path=output + ".partial.json")
+    print(format_markdown(results))
+    json_path, md_path = write_results(results, output)
+    print(f"wrote {json_path} and {md_path}")
+    return 0 if results["same_work"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Runs the benchmark: one subprocess per (model, backend), the yardstick, the table."""
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+from keras_vitbn import performance
+
+BACKENDS = ("jax", "tensorflow", "torch")
+MODELS = {"vit_bnffn": "ViTBNFFN", "vit": "ViT"}
+# |first-step loss difference| allowed between any backend and the yardstick.
+FIRST_STEP_ATOL = 1e-4
+# Relative difference allowed in the mean loss of the first (warm-up) epoch, which
+# follows the same data and updates on every backend.
+WARMUP_LOSS_RTOL = 1e-3
+DEFAULT_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data"))
+
+
+def _inputs(data_root, images, infer_images, seed=0):
+    """Real MNIST test digits (NHWC float32 in [0, 1]) if available, else random pixels."""
+    path = os.path.join(data_root or "", "mnist-test", "t10k-images-idx3-ubyte.gz")
+    rng = np.random.default_rng(seed)
+    if os.path.isfile(path):
+        from keras_vitbn.data.idx import read_idx
+
+        pool = read_idx(path)[..., None].astype("float32") / 255.0
+        labels = read_idx(path.replace("t10k-images-idx3", "t10k-labels-idx1")).astype("int64")
+        source = "MNIST test images"
+    else:
+        pool = rng.random((10_000, 28, 28, 1), dtype=np.float32)
+        labels = rng.integers(0, 10, 10_000)
+        source = "random pixels (no MNIST test files found)"
+    take = lambda n: np.resize(np.arange(len(pool)), n)  # noqa: E731  (repeat the pool if needed)
+    x, y = pool[take(images)], labels[take(images)]
+    return x, y, pool[take(infer_images)], source
+
+
+def initial_weights(variant, depth, seed=0):
+    """The reference PyTorch model's initialisation (torch.manual_seed), as {key: numpy}."""
+    import torch
+
+    from keras_vitbn.reference.torch_vit import ReferenceViT
+
+    torch.manual_seed(seed)
+    model = ReferenceViT(variant, depth=depth)
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def _run_worker(spec, workdir, threads, timeout):
+    name = f"{spec['model']}-{spec['backend']}"
+    spec_path = os.path.join(workdir, f"{name}.spec.json")
+    out_path = os.path.join(workdir, f"{name}.out.json")
+    with open(spec_path, "w") as f:
+        json.dump(spec, f)
+    env = dict(os.environ, **performance.thread_environment(threads), TF_CPP_MIN_LOG_LEVEL="3")
+    env["KERAS_BACKEND"] = spec["backend"] if spec["backend"] != "yardstick" else "torch"
+    command = [sys.executable, "-m", "keras_vitbn.benchmark.worker", spec_path, out_path]
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"backend": spec["backend"], "error": f"timed out after {timeout} s"}
+    if done.returncode != 0:
+        return {"backend": spec["backend"], "error": done.stderr.strip().splitlines()[-1:] or ["failed"], "stderr": done.stderr[-4000:]}
+    with open(out_path) as f:
+        return json.load(f)
+
+
+def run_benchmark(
+    models=("vit_bnffn", "vit"),
+    depth=6,
+    batch_size=100,
+    backends=BACKENDS,
+    steps=20,
+    windows=5,
+    jit="default",
+    settings="tuned",
+    steps_per_execution=None,
+    threads=None,
+    epoch_images=10_000,
+    epoch_repeats=1,
+    epoch_dataset="fashion_mnist",
+    epoch_source="idx",
+    epoch_data_dir=None,
+    infer_batch=5000,
+    infer_repeats=3,
+    learning_rate=1e-3,
+    dtype_policy=None,
+    yardstick=True,
+    yardstick_options=None,
+    data_root=DEFAULT_DATA,
+    timeout=1800,
+    log=print,
+    partial_path=None,
+):
+    """Measures every (model, backend) and the yardstick; returns the results dict.
+
+    See `python -m keras_vitbn.benchmark --help` for the arguments; `partial_path`, if
+    given, is rewritten with the raw results after every subprocess.
+    """
+    threads = int(threads or os.cpu_count() or 1)
+    if epoch_images and epoch_data_dir is None and epoch_source == "idx":
+        epoch_data_dir = os.path.join(data_root, "fashion-mnist")
+    if epoch_images and epoch_images % batch_size:
+        raise ValueError(f"epoch images {epoch_images} must be a multiple of the batch size {batch_size}")
+    for backend in backends:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
+    for model in models:
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}: the benchmark knows {', '.join(MODELS)}")
+    results = {
+        "command": " ".join(sys.argv),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": _cpu_name(),
+            "cpu_count": os.cpu_count(),
+            "threads": threads,
+            "load_average_start": os.getloadavg(),
+        },
+        "config": {
+            "depth": depth, "batch_size": batch_size, "steps": steps, "windows": windows, "jit": jit,
+            "settings": settings, "steps_per_execution": steps_per_execution, "epoch_images": epoch_images,
+            "infer_batch": infer_batch, "learning_rate": learning_rate, "dtype_policy": dtype_policy,
+            "optimizer": "Adam(lr, epsilon=1e-8)", "image_shape": [28, 28, 1],
+            "training_flops_per_image": performance.vit_training_flops(depth),
+        },
+        "runs": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="keras_vitbn_bench_") as workdir:
+        x, y, x_infer, source = _inputs(data_root, steps * batch_size, infer_batch or 1)
+        results["config"]["data"] = source
+        data_path = os.path.join(workdir, "data.npz")
+        np.savez(data_path, x=x, y=y, x_infer=x_infer)
+        for model in models:
+            weights_path = os.path.join(workdir, f"{model}-weights.npz")
+            np.savez(weights_path, **initial_weights(model, depth))
+            base = {
+                "model": model, "variant": model, "depth": depth, "batch_size": batch_size, "steps": steps,
+                "windows": windows, "jit": jit, "settings": settings, "steps_per_execution": steps_per_execution,
+                "threads": threads, "weights": weights_path, "data": data_path, "epoch_images": epoch_images,
+                "epoch_repeats": epoch_repeats, "epoch_dataset": epoch_dataset, "epoch_source": epoch_source,
+                "epoch_data_dir": epoch_data_dir, "infer_batch": infer_batch, "infer_repeats": infer_repeats,
+                "learning_rate": learning_rate, "dtype_policy": dtype_policy,
+                "yardstick_options": yardstick_options or {},
+            }
+            runs = {}
+            for backend in (("yardstick",) if yardstick else ()) + tuple(backends):
+                log(f"[benchmark] {MODELS[model]} on {backend} ...")
+                runs[backend] = _run_worker({**base, "backend": backend}, workdir, threads, timeout)
+                if "error" in runs[backend]:
+                    log(f"[benchmark]   failed: {runs[backend]['error']}")
+                else:
+                    log(f"[benchmark]   {runs[backend]['train_images_per_s']:.0f} training images/s")
+                results["runs"][model] = runs
+                if partial_path:  # what is measured so far survives an interrupted run
+                    with open(partial_path, "w") as f:
+                        json.dump(results, f, indent=1)
+    results["machine"]["load_average_end"] = os.getloadavg()
+    _derive(results)
+    return results
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _derive(results):
+    """Ratios to the yardstick, FLOP/s as a fraction of the matmul peak, and the correctness guard."""
+    flops = results["config"]["training_flops_per_image"]
+    peaks = [r["matmul_peak_flops"] for runs in results["runs"].values() for r in runs.values() if "matmul_peak_flops" in r]
+    peak = max(peaks) if peaks else None
+    results["machine"]["matmul_peak_flops"] = peak
+    guard_ok = True
+    for runs in results["runs"].values():
+        reference = runs.get("yardstick", {})
+        for backend, run in runs.items():
+            if "error" in run:
+                guard_ok = False
+                continue
+            run["train_flops_per_s"] = run["train_images_per_s"] * flops
+            run["fraction_of_matmul_peak"] = run["train_flops_per_s"] / peak if peak else None
+            if "epoch_images_per_s" in run:
+                run["epoch_vs_model_only"] = run["epoch_images_per_s"] / run["train_images_per_s"]
+            if "train_images_per_s" in reference:
+                run["ratio_to_yardstick"] = run["train_images_per_s"] / reference["train_images_per_s"]
+                first = abs(run["first_step_loss"] - reference["first_step_loss"])
+                warm = abs(run["warmup_epoch_loss"] - reference["warmup_epoch_loss"]) / abs(reference["warmup_epoch_loss"])
+                run["first_step_loss_diff"] = first
+                run["warmup_loss_rel_diff"] = warm
+                run["same_work"] = bool(first <= FIRST_STEP_ATOL and warm <= WARMUP_LOSS_RTOL)
+                guard_ok = guard_ok and run["same_work"]
+    results["same_work"] = guard_ok
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def format_markdown(results):
+    """The results as a Markdown table (one row per model and backend)."""
+    m, c = results["machine"], results["config"]
+    peak = m.get("matmul_peak_flops")
+    lines = [
+        f"Benchmark {results['date']}: {m['processor']}, {m['cpu_count']} CPUs, {m['threads']} threads; "
+        f"load average {m['load_average_start'][0]:.2f} at start, {m['load_average_end'][0]:.2f} at end.",
+        f"Depth {c['depth']}, batch {c['batch_size']}, 28x28x1, Adam; {c['windows']} windows of {c['steps']} steps "
+        f"(median); settings `{c['settings']}`, jit `{c['jit']}`; {c['data']}. "
+        f"Training FLOPs/image {c['training_flops_per_image'] / 1e6:.1f} M; measured float32 matmul peak "
+        f"{_fmt(peak and peak / 1e9, '.0f')} GFLOP/s.",
+        "",
+        "| model | backend | settings | train img/s | x yardstick | % matmul peak | real epoch img/s | epoch/model-only | "
+        "infer img/s (batch) | compile+warm-up s | peak RSS MiB | first-step loss | warm-up loss | same work |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model, runs in results["runs"].items():
+        for backend, r in runs.items():
+            if "error" in r:
+                lines.append(f"| {MODELS[model]} | {backend} | failed: {r['error']} |" + " |" * 11)
+                continue
+            settings = ", ".join(f"{k}={v}" for k, v in r.get("settings", {}).items())
+            lines.append(
+                f"| {MODELS[model]} | {backend} | {settings} | {r['train_images_per_s']:.0f} | "
+                f"{_fmt(r.get('ratio_to_yardstick'), '.2f')} | {_fmt(r['fraction_of_matmul_peak'] and 100 * r['fraction_of_matmul_peak'], '.0f')} | "
+                f"{_fmt(r.get('epoch_images_per_s'), '.0f')} | {_fmt(r.get('epoch_vs_model_only'), '.2f')} | "
+                f"{_fmt(r.get('infer_images_per_s'), '.0f')} ({c['infer_batch']}) | {r['compile_seconds']:.1f} | "
+                f"{r['peak_rss_mib']:.0f} | {r['first_step_loss']:.6f} | {r['warmup_epoch_loss']:.5f} | "
+                f"{'yes' if r.get('same_work', True) else 'NO'} |"
+            )
+    lines.append("")
+    lines.append(
+        f"Correctness guard (every backend vs the yardstick: first-step loss within {FIRST_STEP_ATOL:g}, "
+        f"warm-up-epoch mean loss within {WARMUP_LOSS_RTOL:g} relative): "
+        f"{'passed' if results['same_work'] else 'FAILED'}."
+    )
+    return "\n".join(lines)
+
+
+def write_results(results, output):
+    """Writes OUTPUT.json and OUTPUT.md; returns the two paths."""
+    directory = os.path.dirname(os.path.abspath(output))
+    os.makedirs(directory, exist_ok=True)
+    with open(output + ".json", "w") as f:
+        json.dump(results, f, indent=1)
+    with open(output + ".md", "w") as f:
+        f.write(format_markdown(results) + "\n")
+    return output + ".json", output + ".md"

@@ -1,0 +1,99 @@
+"""The benchmark's structure and its correctness guard (never timings), and the performance settings.
+
+The smoke run measures the backend under test (`KERAS_BACKEND`) and the
+plain-PyTorch yardstick in subprocesses, at depth 1 for a few steps, and checks
+that both start from the same weights: same first-step loss, same mean loss
+over the warm-up epoch.
+"""
+
+import json
+
+import keras
+import pytest
+
+from keras_vitbn import performance
+from keras_vitbn.benchmark import format_markdown, run_benchmark, write_results
+from keras_vitbn.benchmark.__main__ import build_parser
+
+pytest.importorskip("torch")
+
+
+def test_fit_settings_per_backend():
+    assert performance.fit_settings("torch") == {"jit_compile": False, "steps_per_execution": 1}
+    for backend in ("jax", "tensorflow"):
+        settings = performance.fit_settings(backend)
+        assert settings["jit_compile"] is True and settings["steps_per_execution"] >= 1
+    assert performance.fit_settings() == performance.fit_settings(keras.backend.backend())
+    with pytest.raises(ValueError, match="no fit settings for backend 'numpy'"):
+        performance.fit_settings("numpy")
+
+
+def test_fit_settings_compile_and_train(tmp_path):
+    import numpy as np
+
+    import keras_vitbn
+
+    model = keras_vitbn.create_model("vit_bnffn", depth=1, dim=16, heads=2, dim_head=8, mlp_dim=32)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), **performance.fit_settings())
+    x = np.random.default_rng(0).random((40, 28, 28, 1), dtype="float32")
+    history = model.fit(x, np.arange(40) % 10, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_flop_count_of_the_article_model():
+    # Patch projection 16 x 49 x 64, per block: qkv 17 x 64 x 1536, q.k^T and attention.v
+    # 2 x 8 x 17 x 17 x 64, output 17 x 512 x 64, FFN 2 x 17 x 64 x 128; head 64 x 10 (x 2 FLOPs per MAC).
+    per_block = 2 * (17 * 64 * 1536 + 2 * 8 * 17 * 17 * 64 + 17 * 512 * 64 + 2 * 17 * 64 * 128)
+    expected = 2 * (16 * 49 * 64 + 64 * 10) + 6 * per_block
+    assert performance.vit_forward_flops(6) == expected
+    assert performance.vit_training_flops(6) == 3 * expected
+
+
+def test_thread_environment_pins_every_pool():
+    env = performance.thread_environment(2)
+    assert env["OMP_NUM_THREADS"] == "2" and env["TF_NUM_INTRAOP_THREADS"] == "2"
+    assert "intra_op_parallelism_threads=2" in env["XLA_FLAGS"]
+
+
+def test_parser_defaults_are_the_article_configuration():
+    args = build_parser().parse_args([])
+    assert (args.depth, args.batch_size, args.models, args.backends) == (
+        6, 100, ["vit_bnffn", "vit"], ["jax", "tensorflow", "torch"]
+    )
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="unknown backend 'mxnet'"):
+        run_benchmark(backends=["mxnet"])
+    with pytest.raises(ValueError, match="multiple of the batch size"):
+        run_benchmark(epoch_images=150, batch_size=100)
+
+
+def test_smoke_run_same_work_as_yardstick(tmp_path, shared_data):
+    backend = keras.backend.backend()
+    results = run_benchmark(
+        models=["vit_bnffn"], depth=1, backends=[backend], steps=2, windows=1, epoch_images=200,
+        infer_batch=20, infer_repeats=1, data_root=shared_data, timeout=900, log=lambda *_: None,
+    )
+    runs = results["runs"]["vit_bnffn"]
+    assert set(runs) == {"yardstick", backend}
+    for run in runs.values():
+        assert "error" not in run, run.get("stderr")
+        for key in (
+            "train_images_per_s", "first_step_loss", "warmup_epoch_loss", "compile_seconds", "peak_rss_mib",
+            "epoch_images_per_s", "infer_images_per_s", "matmul_peak_flops", "fraction_of_matmul_peak",
+        ):
+            assert run[key] is not None and run[key] >= 0, key
+    measured = runs[backend]
+    assert measured["settings"] == performance.fit_settings(backend) | (
+        {"steps_per_execution": 1} if backend == "torch" else {}
+    )
+    # The correctness guard: the same weights and the same work as the yardstick.
+    assert measured["first_step_loss_diff"] < 1e-4
+    assert measured["warmup_loss_rel_diff"] < 1e-3
+    assert results["same_work"] is True
+    json_path, md_path = write_results(results, str(tmp_path / "bench"))
+    assert json.load(open(json_path))["config"]["depth"] == 1
+    table = open(md_path).read()
+    assert "| ViTBNFFN | yardstick |" in table and f"| ViTBNFFN | {backend} |" in table
+    assert table == format_markdown(results) + "\n"
