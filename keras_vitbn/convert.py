@@ -15,7 +15,6 @@ import os
 import re
 import sys
 
-import numpy as np
 
 # Reference key names per part; the two published checkpoints name a few parts differently.
 QKV_KEYS = ("to_qkv.weight", "patch_emb.weight")

@@ -19,7 +19,6 @@ as "diverged" with its history kept: a result, not a crash.
 """
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -31,6 +30,7 @@ import keras
 
 from keras_vitbn.data import augment as augment_lib
 from keras_vitbn.data import datasets
+from keras_vitbn.files import read_json, write_json
 from keras_vitbn.training import callbacks as cbs
 from keras_vitbn.training.config import TrainConfig
 
@@ -210,21 +210,6 @@ def _smoothed_loss(amount):
     return loss
 
 
-def _read_json(path):
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def _write_json(path, value):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def _result(output_dir, status, reason, history, extra=None):
     result = {
         "status": status,
@@ -302,8 +287,8 @@ def train(config, callbacks=None, overwrite=False, verbose="auto", command=None)
         shutil.rmtree(output_dir)
     os.makedirs(output_dir, exist_ok=True)
 
-    previous = _read_json(paths["config.json"])
-    status = _read_json(paths["status.json"])
+    previous = read_json(paths["config.json"])
+    status = read_json(paths["status.json"])
     if previous is not None:
         old = TrainConfig.from_dict(previous["config"])
         if old.run_key() != config.run_key() or previous.get("environment", {}).get("backend") != backend:
@@ -343,7 +328,7 @@ def train(config, callbacks=None, overwrite=False, verbose="auto", command=None)
         compile_model(model, config, steps_per_epoch)
 
         monitor = "val_accuracy" if val_ds is not None else "test_accuracy"
-        _write_json(
+        write_json(
             paths["config.json"],
             {
                 "config": config.to_dict(),
@@ -362,7 +347,7 @@ def train(config, callbacks=None, overwrite=False, verbose="auto", command=None)
             f"{provenance['train_images']:,} train, {provenance['val_images']:,} val, {provenance['test_images']:,} "
             f"test images] with {backend}; writing {output_dir}"
         )
-        _write_json(paths["status.json"], {"status": "running", "reason": None, "epochs_completed": None})
+        write_json(paths["status.json"], {"status": "running", "reason": None, "epochs_completed": None})
 
         guard = cbs.DivergenceGuard()
         history = cbs.HistoryWriter(output_dir, with_validation=val_ds is not None)
@@ -417,7 +402,7 @@ def train(config, callbacks=None, overwrite=False, verbose="auto", command=None)
     else:
         status, reason = "completed", None
     result = _result(output_dir, status, reason, rows)
-    _write_json(
+    write_json(
         paths["status.json"],
         {
             "status": status,

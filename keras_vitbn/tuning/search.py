@@ -46,6 +46,7 @@ import time
 import keras
 import keras_tuner as kt
 
+from keras_vitbn.files import read_json, write_json
 from keras_vitbn.training import callbacks as training_callbacks
 from keras_vitbn.training.train import build_model, compile_model, load_data
 from keras_vitbn.tuning.config import SearchConfig
@@ -61,21 +62,6 @@ DEFAULT_INITIAL_POINTS = 3
 
 def _say(message):
     print(f"[keras_vitbn.tuning] {message}", flush=True)
-
-
-def _write_json(path, value):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _read_json(path):
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def cell_name(model, depth):
@@ -297,7 +283,7 @@ class LearningRateTuner(kt.Tuner):
             history = getattr(getattr(model, "history", None), "history", None)
             outcome.update(status="failed", reason=reason, seconds=time.perf_counter() - start,
                            history=_history_rows(history))
-            _write_json(os.path.join(trial_dir, "outcome.json"), outcome)
+            write_json(os.path.join(trial_dir, "outcome.json"), outcome)
             self._event(trial_dir, "end", status="failed", reason=reason)
             _say(f"trial {trial.trial_id} of {outcome['model']} d{outcome['depth']} at lr {learning_rate:.3g} "
                  f"failed: {reason}")
@@ -313,7 +299,7 @@ class LearningRateTuner(kt.Tuner):
         model.save(os.path.join(trial_dir, "model.keras"))
         outcome.update(status="completed", reason=None, seconds=time.perf_counter() - start, metrics=metrics,
                        history=_history_rows(model.history.history))
-        _write_json(os.path.join(trial_dir, "outcome.json"), outcome)
+        write_json(os.path.join(trial_dir, "outcome.json"), outcome)
         self._event(trial_dir, "end", status="completed", **{OBJECTIVE: metrics[OBJECTIVE]})
         return metrics
 
@@ -383,7 +369,7 @@ def _environment():
 
 def _check_or_write_config(config, output_dir, role, command, provenance):
     path = os.path.join(output_dir, "search.json")
-    previous = _read_json(path)
+    previous = read_json(path)
     backend = keras.backend.backend()
     if previous is not None:
         old = SearchConfig.from_dict(previous["config"])
@@ -401,7 +387,7 @@ def _check_or_write_config(config, output_dir, role, command, provenance):
             )
     if role == "worker":
         return
-    _write_json(
+    write_json(
         path,
         {
             "config": config.to_dict(),
