@@ -1,0 +1,8 @@
+"""`python -m keras_vitbn.experiments --config experiments/depth_sweep.py[:arg] [options]`."""
+
+import sys
+
+from keras_vitbn.experiments.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
