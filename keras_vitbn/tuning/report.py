@@ -26,7 +26,8 @@ import time
 
 import numpy as np
 
-from keras_vitbn.tuning.search import LR, OBJECTIVE, _read_json, _say, _write_json, cell_name
+from keras_vitbn.files import read_json, write_json
+from keras_vitbn.tuning.search import LR, OBJECTIVE, _say, cell_name
 
 RESULT_COLUMNS = (
     "model",
@@ -78,8 +79,8 @@ def collect_trials(config):
     for model, depth in config.cells():
         project = os.path.join(config.output_dir, "kt", cell_name(model, depth))
         for path in sorted(glob.glob(os.path.join(project, "trial_*", "trial.json"))):
-            trial = _read_json(path)
-            outcome = _read_json(os.path.join(os.path.dirname(path), "outcome.json")) or {}
+            trial = read_json(path)
+            outcome = read_json(os.path.join(os.path.dirname(path), "outcome.json")) or {}
             status = (trial.get("status") or "").lower()
             if status == "invalid":
                 status = "failed"
@@ -119,7 +120,7 @@ def _evaluate_best(trial, best_dir, test_ds, test_aug_ds):
     record_path = os.path.join(best_dir, f"{name}.json")
     if not os.path.exists(source):
         return None, {"note": f"{source} is missing"}
-    record = _read_json(record_path)
+    record = read_json(record_path)
     stamp = [os.path.getsize(source), os.path.getmtime(source)]
     if record and record.get("trial_id") == trial["trial_id"] and record.get("source_stamp") == stamp and os.path.exists(target):
         return target, record
@@ -143,7 +144,7 @@ def _evaluate_best(trial, best_dir, test_ds, test_aug_ds):
         values = model.evaluate(data, verbose=0, return_dict=True)
         record[f"{prefix}_loss"] = float(values["loss"])
         record[f"{prefix}_accuracy"] = float(values["accuracy"])
-    _write_json(record_path, record)
+    write_json(record_path, record)
     return target, record
 
 
