@@ -18,24 +18,19 @@ What it should show (article): ViTBNFFN loses less accuracy than ViT when the
 learning rate goes from 0.003 to 0.005, i.e. it is more robust to a higher lr.
 """
 
-from keras_vitbn.experiments import ExperimentConfig, data_preset, parse_arg, quick
+import dataclasses
+import os
+
+from keras_vitbn.experiments.cli import load_config
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, quick=False, data="mnist", seeds=3)
-    cfg = ExperimentConfig(
-        name="lr_stability",
+    # The depth sweep's grid, so both experiments share (and cache) the same runs.
+    sweep = os.path.join(os.path.dirname(os.path.abspath(__file__)), "depth_sweep.py")
+    cfg, _ = load_config(f"{sweep}:{arg}" if arg else sweep)
+    return dataclasses.replace(
+        cfg,
+        name=cfg.name.replace("depth_sweep", "lr_stability"),  # keeps a " (quick)" suffix
         article="Figure 10: accuracy drop from lr 0.003 to 0.005, ViT vs ViTBNFFN, per depth",
-        models=("vit", "vit_bnffn"),
-        depths=tuple(range(1, 9)),
-        learning_rates=(0.003, 0.005),
-        seeds=tuple(range(arg.seeds)),
-        epochs=10,
-        batch_size=100,
-        optimizer="adam",
-        augment="article",
-        primary_metric="test_aug_accuracy",
         claims=("lr_robustness",),
-        **data_preset(arg.data),
     )
-    return quick(cfg) if arg.quick else cfg
