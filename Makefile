@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BACKENDS ?= tensorflow jax torch
-PYTEST_ARGS ?= -q
+PYTEST_ARGS ?= -q -n 2  # two pytest-xdist workers: most test time is single-threaded tracing and compiling
 KERAS_BACKEND ?= jax
 TRAIN_ARGS ?=
 
