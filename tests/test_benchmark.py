@@ -40,6 +40,16 @@ def test_fit_settings_compile_and_train(tmp_path):
     assert np.isfinite(history.history["loss"][0])
 
 
+def test_fused_attention_choice():
+    x = keras.ops.zeros((2, 3))
+    if keras.backend.backend() == "torch":
+        # dot_product_attention on a GPU; plain matrix products on the CPU.
+        assert performance.fused_attention_is_faster(x) is (x.device.type != "cpu")
+        assert performance.fused_attention_is_faster() is (x.device.type != "cpu")
+    else:
+        assert performance.fused_attention_is_faster(x) is True
+
+
 def test_flop_count_of_the_article_model():
     # Patch projection 16 x 49 x 64, per block: qkv 17 x 64 x 1536, q.k^T and attention.v
     # 2 x 8 x 17 x 17 x 64, output 17 x 512 x 64, FFN 2 x 17 x 64 x 128; head 64 x 10 (x 2 FLOPs per MAC).

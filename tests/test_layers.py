@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_vitbn.layers import attention
 from keras_vitbn.layers import AttentionBlock, Encoder, FeedForward, PatchEmbedding, TokenPooling
 from tests.testing import run_layer_test
 
@@ -65,7 +66,10 @@ def test_attention_block(norm, trainable, tmp_path):
     )
 
 
-def test_attention_matches_explicit_softmax():
+@pytest.mark.parametrize("fused", [True, False], ids=["dot_product_attention", "matmul"])
+def test_attention_matches_explicit_softmax(fused, monkeypatch):
+    # Both attention paths (the one not picked on this backend and machine too).
+    monkeypatch.setattr(attention, "fused_attention_is_faster", lambda tensor: fused)
     block = AttentionBlock(dim=8, heads=2, dim_head=4, norm="none")
     x = np.random.default_rng(1).normal(size=(2, 5, 8)).astype("float32")
     out = keras.ops.convert_to_numpy(block(x))
@@ -145,3 +149,21 @@ def test_token_pooling(pool, tmp_path):
     x = np.random.default_rng(0).random((2, 5, 4), dtype=np.float32)
     expected = x[:, 0] if pool == "cls" else x.mean(axis=1)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), expected, rtol=1e-6)
+
+
+def test_attention_path_on_real_inputs(monkeypatch):
+    # On torch the model is first traced on "meta" tensors; the path must be chosen
+    # from the real inputs' device (plain matrix products on a CPU), not from that trace.
+    from keras_vitbn import create_model, performance
+
+    chosen = []
+    monkeypatch.setattr(
+        attention, "fused_attention_is_faster", lambda t: chosen.append(performance.fused_attention_is_faster(t)) or chosen[-1]
+    )
+    model = create_model("vit_bnffn", depth=1, dim=16, heads=2, dim_head=8, mlp_dim=32)
+    chosen.clear()
+    model(np.zeros((2, 28, 28, 1), "float32"), training=True)
+    expected = performance.fused_attention_is_faster(keras.ops.zeros((1,)))
+    assert chosen == [expected]
+    if keras.backend.backend() == "torch" and keras.ops.zeros((1,)).device.type == "cpu":
+        assert chosen == [False]

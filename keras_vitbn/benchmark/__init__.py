@@ -4,9 +4,11 @@
     python -m keras_vitbn.benchmark --smoke               # a few steps at depth 1: a CI check
 
 For each model (ViTBNFFN and ViT by default, depth 6, batch 100, 28x28x1, Adam)
-and each backend, a fresh subprocess (threads pinned, `KERAS_BACKEND` set)
-measures: training images/s of `fit` on in-memory batches (median of timed
-windows after a warm-up epoch), the first-step loss, compile/warm-up time, a
+and each backend, a subprocess (threads pinned, `KERAS_BACKEND` set) sets up
+alone, then all of a model's subprocesses take turns, window by window, so the
+backends share the machine's good and bad minutes. Each measures: training
+images/s of `fit` on in-memory batches (median of timed windows after a
+warm-up epoch), the first-step loss, compile/warm-up time, a
 real epoch through the trainers' input pipeline with the article's
 augmentation, inference images/s at batch 5000, peak memory, and the float32
 matmul peak of the machine. The yardstick is the same model and training step

@@ -4,6 +4,7 @@ import datetime
 import json
 import os
 import platform
+import select
 import subprocess
 import sys
 import tempfile
@@ -52,23 +53,92 @@ def initial_weights(variant, depth, seed=0):
     return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
 
-def _run_worker(spec, workdir, threads, timeout):
-    name = f"{spec['model']}-{spec['backend']}"
-    spec_path = os.path.join(workdir, f"{name}.spec.json")
-    out_path = os.path.join(workdir, f"{name}.out.json")
-    with open(spec_path, "w") as f:
-        json.dump(spec, f)
-    env = dict(os.environ, **performance.thread_environment(threads), TF_CPP_MIN_LOG_LEVEL="3")
-    env["KERAS_BACKEND"] = spec["backend"] if spec["backend"] != "yardstick" else "torch"
-    command = [sys.executable, "-m", "keras_vitbn.benchmark.worker", spec_path, out_path]
+class Worker:
+    """A benchmark worker subprocess, driven one JSON command and answer at a time."""
+
+    def __init__(self, spec, workdir, threads, timeout, env=None):
+        self.backend, self.timeout, self.error = spec["backend"], timeout, None
+        name = f"{spec['model']}-{spec.get('label', spec['backend'])}"
+        spec_path = os.path.join(workdir, f"{name}.spec.json")
+        with open(spec_path, "w") as f:
+            json.dump(spec, f)
+        env = dict(os.environ, **performance.thread_environment(threads), TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+        env["KERAS_BACKEND"] = spec["backend"] if spec["backend"] != "yardstick" else "torch"
+        self.stderr_path = os.path.join(workdir, f"{name}.stderr")
+        self._stderr = open(self.stderr_path, "w")  # a file, not a pipe: a full pipe would block the worker
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "keras_vitbn.benchmark.worker", spec_path],
+            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
+        )
+        self.ready = self._answer()
+
+    def _answer(self):
+        if self.error:
+            return None
+        ready, _, _ = select.select([self.process.stdout], [], [], self.timeout)
+        line = self.process.stdout.readline() if ready else ""
+        if line:
+            return json.loads(line)
+        if not ready:
+            self.process.kill()
+            self.error = f"no answer within {self.timeout} s"
+        else:
+            self.process.wait()
+            self._stderr.flush()
+            with open(self.stderr_path) as f:
+                tail = [l for l in f.read().strip().splitlines() if l.strip()]
+            self.error = tail[-1] if tail else f"exited with status {self.process.returncode}"
+        return None
+
+    def ask(self, command):
+        """Runs one measurement (`train`, `epoch`, `infer` or `finish`); None once the worker failed."""
+        if self.error:
+            return None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self._answer()
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._stderr.close()
+
+    def failure(self):
+        with open(self.stderr_path) as f:
+            return {"backend": self.backend, "error": self.error, "stderr": f.read()[-4000:]}
+
+
+def measure_interleaved(specs, workdir, threads, timeout, windows, epoch_repeats, infer_repeats, log=print):
+    """Starts one worker per spec, one after another, then runs their measurements round-robin.
+
+    Setup (compilation, warm-up) runs alone. Every timed window, real epoch and
+    inference pass then runs while the other workers wait, and round by round, so
+    the backends share the machine's good and bad minutes. Returns {label: result}.
+    """
+    workers = {}
     try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"backend": spec["backend"], "error": f"timed out after {timeout} s"}
-    if done.returncode != 0:
-        return {"backend": spec["backend"], "error": done.stderr.strip().splitlines()[-1:] or ["failed"], "stderr": done.stderr[-4000:]}
-    with open(out_path) as f:
-        return json.load(f)
+        for label, (spec, env) in specs.items():
+            log(f"[benchmark]   setting up {label} ...")
+            workers[label] = Worker(spec, workdir, threads, timeout, env)
+        rounds = [("train", windows)]
+        if specs and next(iter(specs.values()))[0].get("epoch_images"):
+            rounds.append(("epoch", 1 + epoch_repeats))  # the first epoch is a warm-up
+        if specs and next(iter(specs.values()))[0].get("infer_batch"):
+            rounds.append(("infer", 1 + infer_repeats))
+        for command, repeats in rounds:
+            for i in range(repeats):
+                for label, worker in workers.items():
+                    worker.ask(command)
+            log(f"[benchmark]   {command}: {repeats} round(s) done")
+        results = {}
+        for label, worker in workers.items():
+            answer = worker.ask("finish")
+            results[label] = answer if answer is not None else worker.failure()
+        return results
+    finally:
+        for worker in workers.values():
+            worker.close()
 
 
 def run_benchmark(
@@ -150,18 +220,19 @@ def run_benchmark(
                 "learning_rate": learning_rate, "dtype_policy": dtype_policy,
                 "yardstick_options": yardstick_options or {},
             }
-            runs = {}
-            for backend in (("yardstick",) if yardstick else ()) + tuple(backends):
-                log(f"[benchmark] {MODELS[model]} on {backend} ...")
-                runs[backend] = _run_worker({**base, "backend": backend}, workdir, threads, timeout)
-                if "error" in runs[backend]:
-                    log(f"[benchmark]   failed: {runs[backend]['error']}")
+            labels = (("yardstick",) if yardstick else ()) + tuple(backends)
+            log(f"[benchmark] {MODELS[model]}: {', '.join(labels)}, interleaved")
+            specs = {label: ({**base, "backend": label}, None) for label in labels}
+            runs = measure_interleaved(specs, workdir, threads, timeout, windows, epoch_repeats, infer_repeats, log)
+            for label, run in runs.items():
+                if "error" in run:
+                    log(f"[benchmark]   {label} failed: {run['error']}")
                 else:
-                    log(f"[benchmark]   {runs[backend]['train_images_per_s']:.0f} training images/s")
-                results["runs"][model] = runs
-                if partial_path:  # what is measured so far survives an interrupted run
-                    with open(partial_path, "w") as f:
-                        json.dump(results, f, indent=1)
+                    log(f"[benchmark]   {label}: {run['train_images_per_s']:.0f} training images/s")
+            results["runs"][model] = runs
+            if partial_path:  # what is measured so far survives an interrupted run
+                with open(partial_path, "w") as f:
+                    json.dump(results, f, indent=1)
     results["machine"]["load_average_end"] = os.getloadavg()
     _derive(results)
     return results

@@ -1,8 +1,16 @@
-"""One benchmark measurement in its own process: `python -m keras_vitbn.benchmark.worker SPEC.json OUT.json`.
+"""One benchmarked process: `python -m keras_vitbn.benchmark.worker SPEC.json`.
 
 The parent (`keras_vitbn.benchmark.run`) sets the thread environment and
 `KERAS_BACKEND` before this process imports any framework. `SPEC["backend"]` is a
 Keras backend, or "yardstick" for the plain-PyTorch reference training loop.
+
+The worker sets up (model, first-step loss, compilation, one warm-up epoch),
+answers `{"ready": ...}` on stdout, then runs one measurement per command read
+from stdin (`train`, `epoch`, `infer`, `finish`) and answers each with one JSON
+line. The parent sends the commands round-robin to every worker of a model, so
+only one process computes at a time and each backend's windows are interleaved
+with the others': a slow minute of a shared machine slows every backend alike
+instead of the one that happened to run then.
 """
 
 import json
@@ -15,10 +23,6 @@ import time
 
 def _peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
-def _median_rate(times, images):
-    return images / statistics.median(times)
 
 
 def _load_inputs(spec):
@@ -39,27 +43,91 @@ def _matmul_peak(matmul, size=2048, repeats=8):
     return 2.0 * size**3 / best
 
 
+def _timed(function):
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def _real_epoch_data(spec):
+    """The trainers' real input pipeline (article augmentation): (dataset, images, description)."""
+    from keras_vitbn.training import TrainConfig, load_data
+
+    config = TrainConfig(
+        dataset=spec["epoch_dataset"],
+        source=spec["epoch_source"],
+        data_dir=spec["epoch_data_dir"],
+        model=spec["model"],
+        depth=spec["depth"],
+        batch_size=spec["batch_size"],
+        train_subset=spec["epoch_images"],
+        test_subset=spec["batch_size"],
+        augment="article",
+        seed=0,
+    )
+    train_ds, _, _, _, provenance = load_data(config)
+    return train_ds, provenance["train_images"], provenance["train_description"]
+
+
+class _Session:
+    """What every worker measures; subclasses set up a model and time its work."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.batch = spec["batch_size"]
+        self.result = {"backend": spec["backend"]}
+        self.train_times, self.epoch_times, self.infer_times = [], [], []
+        self.x, self.y, self.x_infer = _load_inputs(spec)
+        self.x_infer = self.x_infer[: spec.get("infer_batch") or 1]
+        self.epoch_data = None  # (dataset, images, description), loaded by the first `epoch`
+
+    def ready(self):
+        return {"ready": True, "first_step_loss": self.result["first_step_loss"]}
+
+    def train(self):
+        """One timed window of `steps` training steps on in-memory batches."""
+        self.train_times.append(self._train_window())
+        return {"seconds": self.train_times[-1]}
+
+    def epoch(self):
+        """One real epoch through the input pipeline; the first call is a warm-up."""
+        if self.epoch_data is None:
+            self.epoch_data = _real_epoch_data(self.spec)
+            seconds = self._real_epoch(self.epoch_data[0])
+            self.result["epoch_warmup_seconds"] = seconds
+            return {"seconds": seconds, "warmup": True}
+        self.epoch_times.append(self._real_epoch(self.epoch_data[0]))
+        return {"seconds": self.epoch_times[-1]}
+
+    def infer(self):
+        """One forward pass over the inference batch; the first call is a warm-up."""
+        seconds = self._infer()
+        if "infer_warmup_seconds" not in self.result:
+            self.result["infer_warmup_seconds"] = seconds
+            return {"seconds": seconds, "warmup": True}
+        self.infer_times.append(seconds)
+        return {"seconds": seconds}
+
+    def finish(self):
+        r, spec = self.result, self.spec
+        r["train_window_seconds"] = self.train_times
+        median = statistics.median(self.train_times)
+        r["train_images_per_s"] = spec["steps"] * self.batch / median
+        r["compile_seconds"] = max(0.0, r.pop("warmup_seconds") - median)
+        if self.epoch_times:
+            _, images, description = self.epoch_data
+            r.update(
+                epoch_images=images, epoch_seconds=self.epoch_times, epoch_data=description,
+                epoch_images_per_s=images / statistics.median(self.epoch_times),
+            )
+        if self.infer_times:
+            r["infer_seconds"] = self.infer_times
+            r["infer_images_per_s"] = len(self.x_infer) / statistics.median(self.infer_times)
+        r["peak_rss_mib"] = _peak_rss_mib()
+        return r
+
+
 # ------------------------------------------------------------------ Keras backends
-
-
-class _EpochTimer:
-    """Wall time of every epoch of `fit` (outputs are synchronised at epoch end)."""
-
-    def __init__(self):
-        import keras
-
-        class Timer(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.times = []
-
-            def on_epoch_begin(self, epoch, logs=None):
-                self.start = time.perf_counter()
-
-            def on_epoch_end(self, epoch, logs=None):
-                self.times.append(time.perf_counter() - self.start)
-
-        self.callback = Timer()
 
 
 def _keras_matmul_peak(backend):
@@ -68,9 +136,8 @@ def _keras_matmul_peak(backend):
     a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
     if backend == "jax":
         import jax
-        import jax.numpy as jnp
 
-        x = jnp.asarray(a)
+        x = jax.numpy.asarray(a)
         f = jax.jit(lambda m: m @ m)
         return _matmul_peak(lambda: f(x).block_until_ready())
     if backend == "tensorflow":
@@ -101,205 +168,147 @@ def _compile_kwargs(spec, backend):
     return settings
 
 
-def _build_keras_model(spec):
-    import keras
-    import numpy as np
+class KerasSession(_Session):
+    def __init__(self, spec):
+        super().__init__(spec)
+        import keras
+        import numpy as np
 
-    from keras_vitbn.convert import convert_state_dict
+        from keras_vitbn import performance
+        from keras_vitbn.convert import convert_state_dict
 
-    if spec.get("dtype_policy"):
-        keras.config.set_dtype_policy(spec["dtype_policy"])
-    state = dict(np.load(spec["weights"]))
-    return convert_state_dict(state)
-
-
-def run_keras(spec):
-    import keras
-
-    from keras_vitbn import performance
-
-    backend = keras.backend.backend()
-    performance.set_threads(spec["threads"], backend)
-    result = {"backend": backend, "keras": keras.__version__}
-    x, y, x_infer = _load_inputs(spec)
-    batch = spec["batch_size"]
-    result["matmul_peak_flops"] = _keras_matmul_peak(backend)
-
-    model = _build_keras_model(spec)
-    initial = [keras.ops.convert_to_numpy(w) for w in model.weights]
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    # The loss the first training step computes: initial weights, first batch, batch statistics.
-    first = loss_fn(y[:batch], model(x[:batch], training=True))
-    result["first_step_loss"] = float(keras.ops.convert_to_numpy(first))
-    for weight, value in zip(model.weights, initial):  # undo the BatchNorm moving-average update
-        weight.assign(value)
-
-    settings = _compile_kwargs(spec, backend)
-    result["settings"] = {k: v for k, v in settings.items()}
-    model.compile(
-        optimizer=keras.optimizers.Adam(spec["learning_rate"], epsilon=1e-8), loss=loss_fn, **settings
-    )
-    timer = _EpochTimer().callback
-    steps, windows = spec["steps"], spec["windows"]
-    history = model.fit(
-        x, y, batch_size=batch, epochs=1 + windows, shuffle=False, verbose=0, callbacks=[timer]
-    )
-    timed = timer.times[1:]
-    result["warmup_epoch_loss"] = float(history.history["loss"][0])
-    result["train_window_seconds"] = timed
-    result["train_images_per_s"] = _median_rate(timed, steps * batch)
-    result["compile_seconds"] = max(0.0, timer.times[0] - statistics.median(timed))
-    result["peak_rss_train_mib"] = _peak_rss_mib()
-
-    if spec.get("epoch_images"):
-        result.update(_keras_real_epoch(spec, model))
-
-    if spec.get("infer_batch"):
-        xi = x_infer[: spec["infer_batch"]]
+        backend = keras.backend.backend()
+        performance.set_threads(spec["threads"], backend)
+        self.keras = keras
+        self.result.update(backend=backend, keras=keras.__version__)
+        self.result["matmul_peak_flops"] = _keras_matmul_peak(backend)
+        if spec.get("dtype_policy"):
+            keras.config.set_dtype_policy(spec["dtype_policy"])
+        model = convert_state_dict(dict(np.load(spec["weights"])))
+        initial = [keras.ops.convert_to_numpy(w) for w in model.weights]
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        # The loss the first training step computes: initial weights, first batch, batch statistics.
+        first = loss_fn(self.y[: self.batch], model(self.x[: self.batch], training=True))
+        self.result["first_step_loss"] = float(keras.ops.convert_to_numpy(first))
+        for weight, value in zip(model.weights, initial):  # undo the BatchNorm moving-average update
+            weight.assign(value)
+        settings = _compile_kwargs(spec, backend)
+        self.result["settings"] = dict(settings)
+        model.compile(optimizer=keras.optimizers.Adam(spec["learning_rate"], epsilon=1e-8), loss=loss_fn, **settings)
+        self.model = model
         start = time.perf_counter()
-        model.predict_on_batch(xi)
-        result["infer_warmup_seconds"] = time.perf_counter() - start
-        times = []
-        for _ in range(spec["infer_repeats"]):
-            start = time.perf_counter()
-            keras.ops.convert_to_numpy(model.predict_on_batch(xi))
-            times.append(time.perf_counter() - start)
-        result["infer_images_per_s"] = _median_rate(times, len(xi))
-    result["peak_rss_mib"] = _peak_rss_mib()
-    return result
+        history = self._fit(self.x, self.y, batch_size=self.batch, shuffle=False)
+        self.result["warmup_seconds"] = time.perf_counter() - start
+        self.result["warmup_epoch_loss"] = float(history.history["loss"][0])
+        self.result["peak_rss_train_mib"] = _peak_rss_mib()
 
+    def _fit(self, *args, **kwargs):
+        # `fit` returns after the epoch's outputs are synchronised (the loss is read back).
+        return self.model.fit(*args, epochs=1, verbose=0, **kwargs)
 
-def _real_epoch_config(spec):
-    from keras_vitbn.training import TrainConfig
+    def _train_window(self):
+        return _timed(lambda: self._fit(self.x, self.y, batch_size=self.batch, shuffle=False))
 
-    return TrainConfig(
-        dataset=spec["epoch_dataset"],
-        source=spec["epoch_source"],
-        data_dir=spec["epoch_data_dir"],
-        model=spec["model"],
-        depth=spec["depth"],
-        batch_size=spec["batch_size"],
-        train_subset=spec["epoch_images"],
-        test_subset=spec["batch_size"],
-        augment="article",
-        seed=0,
-    )
+    def _real_epoch(self, dataset):
+        return _timed(lambda: self._fit(dataset))
 
-
-def _keras_real_epoch(spec, model):
-    """Images/s of `fit` epochs through the trainers' real input pipeline (article augmentation)."""
-    from keras_vitbn.training import load_data
-
-    train_ds, _, _, _, provenance = load_data(_real_epoch_config(spec))
-    timer = _EpochTimer().callback
-    model.fit(train_ds, epochs=1 + spec["epoch_repeats"], verbose=0, callbacks=[timer])
-    images = provenance["train_images"]
-    return {
-        "epoch_images": images,
-        "epoch_seconds": timer.times[1:],
-        "epoch_images_per_s": _median_rate(timer.times[1:], images),
-        "epoch_data": provenance["train_description"],
-    }
+    def _infer(self):
+        ops = self.keras.ops
+        return _timed(lambda: ops.convert_to_numpy(self.model.predict_on_batch(self.x_infer)))
 
 
 # ------------------------------------------------------------------ the plain-PyTorch yardstick
 
 
-def run_yardstick(spec):
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
+class YardstickSession(_Session):
+    def __init__(self, spec):
+        super().__init__(spec)
+        import numpy as np
+        import torch
+        import torch.nn.functional as F
 
-    from keras_vitbn.reference.torch_vit import ReferenceViT
+        from keras_vitbn.reference.torch_vit import ReferenceViT
 
-    torch.set_num_threads(spec["threads"])
-    result = {"backend": "yardstick", "torch": torch.__version__}
-    options = spec.get("yardstick_options") or {}
-    result["settings"] = {"eager": True, **options}
-    x, y, x_infer = _load_inputs(spec)
-    batch, steps, windows = spec["batch_size"], spec["steps"], spec["windows"]
-    a = torch.from_numpy(np.random.default_rng(0).random((2048, 2048), dtype=np.float32))
-    result["matmul_peak_flops"] = _matmul_peak(lambda: torch.mm(a, a))
+        torch.set_num_threads(spec["threads"])
+        self.torch, self.F = torch, F
+        options = spec.get("yardstick_options") or {}
+        self.result.update(torch=torch.__version__, settings={"eager": True, **options})
+        a = torch.from_numpy(np.random.default_rng(0).random((2048, 2048), dtype=np.float32))
+        self.result["matmul_peak_flops"] = _matmul_peak(lambda: torch.mm(a, a))
+        state = {k: torch.from_numpy(v) for k, v in np.load(spec["weights"]).items()}
+        self.model = ReferenceViT(spec["variant"], depth=spec["depth"], **options)
+        self.model.load_state_dict(state, strict=True)
+        self.model.train()
+        xs = torch.from_numpy(self.x).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW once, untimed
+        ys = torch.from_numpy(self.y.astype("int64"))
+        with torch.no_grad():
+            self.result["first_step_loss"] = float(F.cross_entropy(self.model(xs[: self.batch]), ys[: self.batch]))
+        self.model.load_state_dict(state, strict=True)  # undo the running-statistics update
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=spec["learning_rate"], eps=1e-8)
+        self.batches = [(xs[i : i + self.batch], ys[i : i + self.batch]) for i in range(0, len(xs), self.batch)]
+        start = time.perf_counter()
+        self.result["warmup_epoch_loss"] = self._train_epoch(self.batches)
+        self.result["warmup_seconds"] = time.perf_counter() - start
+        self.result["peak_rss_train_mib"] = _peak_rss_mib()
 
-    state = {k: torch.from_numpy(v) for k, v in np.load(spec["weights"]).items()}
-    model = ReferenceViT(spec["variant"], depth=spec["depth"], **options)
-    model.load_state_dict(state, strict=True)
-    model.train()
-    xs = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW once, outside the timing
-    ys = torch.from_numpy(y.astype("int64"))
-    with torch.no_grad():
-        result["first_step_loss"] = float(F.cross_entropy(model(xs[:batch]), ys[:batch]))
-    model.load_state_dict(state, strict=True)  # undo the running-statistics update
-    optimizer = torch.optim.Adam(model.parameters(), lr=spec["learning_rate"], eps=1e-8)
+    def _step(self, xb, yb):
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.F.cross_entropy(self.model(xb), yb)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
 
-    def train_epoch(batches):
-        total = 0.0
-        for xb, yb in batches:
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb), yb)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach()
+    def _train_epoch(self, batches):
+        total = sum(self._step(xb, yb) for xb, yb in batches)
         return float(total) / max(1, len(batches))
 
-    memory_batches = [(xs[i : i + batch], ys[i : i + batch]) for i in range(0, steps * batch, batch)]
-    times = []
-    for epoch in range(1 + windows):
-        start = time.perf_counter()
-        mean_loss = train_epoch(memory_batches)
-        times.append(time.perf_counter() - start)
-        if epoch == 0:
-            result["warmup_epoch_loss"] = mean_loss
-    result["train_window_seconds"] = times[1:]
-    result["train_images_per_s"] = _median_rate(times[1:], steps * batch)
-    result["compile_seconds"] = max(0.0, times[0] - statistics.median(times[1:]))
-    result["peak_rss_train_mib"] = _peak_rss_mib()
+    def _train_window(self):
+        return _timed(lambda: self._train_epoch(self.batches))
 
-    if spec.get("epoch_images"):
-        from keras_vitbn.training import load_data
+    def _real_epoch(self, dataset):
+        torch = self.torch
 
-        train_ds, _, _, _, provenance = load_data(_real_epoch_config(spec))
-        epoch_times = []
-        for _ in range(1 + spec["epoch_repeats"]):
-            start = time.perf_counter()
-            for xb, yb in train_ds.as_numpy_iterator():
-                xb = torch.from_numpy(xb).permute(0, 3, 1, 2)
-                optimizer.zero_grad(set_to_none=True)
-                F.cross_entropy(model(xb), torch.from_numpy(yb.astype("int64"))).backward()
-                optimizer.step()
-            epoch_times.append(time.perf_counter() - start)
-        result["epoch_images"] = provenance["train_images"]
-        result["epoch_seconds"] = epoch_times[1:]
-        result["epoch_images_per_s"] = _median_rate(epoch_times[1:], provenance["train_images"])
-        result["epoch_data"] = provenance["train_description"]
+        def run():
+            for xb, yb in dataset.as_numpy_iterator():
+                self._step(torch.from_numpy(xb).permute(0, 3, 1, 2), torch.from_numpy(yb.astype("int64")))
 
-    if spec.get("infer_batch"):
-        model.eval()
-        xi = torch.from_numpy(x_infer[: spec["infer_batch"]]).permute(0, 3, 1, 2).contiguous()
+        return _timed(run)
+
+    def _infer(self):
+        torch = self.torch
+        self.model.eval()
+        xi = torch.from_numpy(self.x_infer).permute(0, 3, 1, 2).contiguous()
         with torch.inference_mode():
-            start = time.perf_counter()
-            model(xi)
-            result["infer_warmup_seconds"] = time.perf_counter() - start
-            infer_times = []
-            for _ in range(spec["infer_repeats"]):
-                start = time.perf_counter()
-                model(xi)
-                infer_times.append(time.perf_counter() - start)
-        result["infer_images_per_s"] = _median_rate(infer_times, len(xi))
-    result["peak_rss_mib"] = _peak_rss_mib()
-    return result
+            seconds = _timed(lambda: self.model(xi))
+        self.model.train()
+        return seconds
+
+
+COMMANDS = ("train", "epoch", "infer", "finish")
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    spec_path, out_path = argv
+    (spec_path,) = sys.argv[1:] if argv is None else argv
     with open(spec_path) as f:
         spec = json.load(f)
-    result = {"load_average_start": os.getloadavg()[0]}
-    result.update(run_yardstick(spec) if spec["backend"] == "yardstick" else run_keras(spec))
-    result["load_average_end"] = os.getloadavg()[0]
-    with open(out_path, "w") as f:
-        json.dump(result, f, indent=1)
+    # Answers go to the original stdout; anything a library prints goes to stderr instead.
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+
+    def answer(payload):
+        answers.write(json.dumps(payload) + "\n")
+        answers.flush()
+
+    session = (YardstickSession if spec["backend"] == "yardstick" else KerasSession)(spec)
+    answer(session.ready())
+    for line in sys.stdin:
+        command = line.strip()
+        if command not in COMMANDS:
+            answer({"error": f"unknown command {command!r}"})
+            continue
+        answer(getattr(session, command)())
+        if command == "finish":
+            break
     return 0
 
 

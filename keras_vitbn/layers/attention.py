@@ -2,8 +2,17 @@ import keras
 from keras import ops
 
 from keras_vitbn.layers.initializers import torch_dense
+from keras_vitbn.performance import fused_attention_is_faster
 from keras_vitbn.layers.norms import check_norm, make_norm
 from keras_vitbn.layers.validation import check_positive, check_rate
+
+
+def _attention(q, k, v, scale):
+    """softmax(q k^T * scale) v on (batch, tokens, heads, dim_head): the same math as
+    `ops.dot_product_attention`, as plain matrix products."""
+    q, k, v = (ops.transpose(t, (0, 2, 1, 3)) for t in (q, k, v))
+    weights = ops.softmax(ops.matmul(q * scale, ops.swapaxes(k, -1, -2)), axis=-1)
+    return ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3))
 
 
 def dropout_or_identity(rate, name, dtype):
@@ -19,6 +28,9 @@ class AttentionBlock(keras.layers.Layer):
     `x + out(attention(qkv(norm(x))))`, with one fused bias-free q/k/v projection
     to 3 x `heads` x `dim_head` (the inner width is independent of `dim`, as in
     the reference: 8 x 64 = 512 with dim 64) and scale `dim_head ** -0.5`.
+    The attention is `keras.ops.dot_product_attention`, or the same math as
+    plain matrix products where that is faster (see
+    `keras_vitbn.performance.fused_attention_is_faster`).
 
     Args:
         dim: int. Token width (input and output).
@@ -59,13 +71,17 @@ class AttentionBlock(keras.layers.Layer):
     def call(self, x, training=None):
         h = self.pre_norm(x, training=training)
         qkv = self.qkv(h)
-        # (B, N, 3 * H * D) -> three (B, N, H, D): the layout dot_product_attention takes.
         batch, tokens = ops.shape(qkv)[0], ops.shape(qkv)[1]
-        qkv = ops.reshape(qkv, (batch, tokens, 3, self.heads, self.dim_head))
-        # One unstack, not three index slices: on torch the gradient of each slice
-        # is a zero-filled copy of the whole qkv tensor; an unstack's is one stack.
-        q, k, v = ops.unstack(qkv, 3, axis=2)
-        h = ops.dot_product_attention(q, k, v, scale=self.dim_head**-0.5)
+        # One split of the fused projection: its gradient is one concatenate on every
+        # backend (an unstack's is three zero pads and a sum under XLA, index slices'
+        # three zero-filled copies on torch).
+        q, k, v = (
+            ops.reshape(t, (batch, tokens, self.heads, self.dim_head)) for t in ops.split(qkv, 3, axis=-1)
+        )
+        if fused_attention_is_faster(q):
+            h = ops.dot_product_attention(q, k, v, scale=self.dim_head**-0.5)
+        else:
+            h = _attention(q, k, v, self.dim_head**-0.5)
         h = ops.reshape(h, (batch, tokens, self.inner_dim))
         h = self.out_dropout(self.out(h), training=training)
         return x + h
