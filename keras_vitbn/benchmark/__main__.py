@@ -20,7 +20,7 @@ def build_parser():
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
     parser.add_argument("--steps", type=int, default=20, help="training steps per timed window (default 20)")
-    parser.add_argument("--windows", type=int, default=5, help="timed windows after the warm-up epoch (default 5)")
+    parser.add_argument("--windows", type=int, default=10, help="timed windows after the warm-up epoch (default 10)")
     parser.add_argument(
         "--settings", choices=("tuned", "keras-default"), default="tuned",
         help="compile settings: keras_vitbn.performance.fit_settings (tuned) or Keras' defaults",

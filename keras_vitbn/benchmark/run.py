@@ -147,7 +147,7 @@ def run_benchmark(
     batch_size=100,
     backends=BACKENDS,
     steps=20,
-    windows=5,
+    windows=10,
     jit="default",
     settings="tuned",
     steps_per_execution=None,
