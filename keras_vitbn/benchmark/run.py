@@ -70,7 +70,7 @@ class Worker:
             [sys.executable, "-m", "keras_vitbn.benchmark.worker", spec_path],
             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
         )
-        self.ready = self._answer()
+        self._answer()  # {"ready": ...} once set up, or None with self.error set
 
     def _answer(self):
         if self.error:
@@ -121,13 +121,14 @@ def measure_interleaved(specs, workdir, threads, timeout, windows, epoch_repeats
         for label, (spec, env) in specs.items():
             log(f"[benchmark]   setting up {label} ...")
             workers[label] = Worker(spec, workdir, threads, timeout, env)
+        first = next(iter(specs.values()), ({}, None))[0]
         rounds = [("train", windows)]
-        if specs and next(iter(specs.values()))[0].get("epoch_images"):
+        if first.get("epoch_images"):
             rounds.append(("epoch", 1 + epoch_repeats))  # the first epoch is a warm-up
-        if specs and next(iter(specs.values()))[0].get("infer_batch"):
+        if first.get("infer_batch"):
             rounds.append(("infer", 1 + infer_repeats))
         for command, repeats in rounds:
-            for i in range(repeats):
+            for _ in range(repeats):
                 for label, worker in workers.items():
                     worker.ask(command)
             log(f"[benchmark]   {command}: {repeats} round(s) done")

@@ -2,9 +2,9 @@ import keras
 from keras import ops
 
 from keras_vitbn.layers.initializers import torch_dense
-from keras_vitbn.performance import fused_attention_is_faster
 from keras_vitbn.layers.norms import check_norm, make_norm
 from keras_vitbn.layers.validation import check_positive, check_rate
+from keras_vitbn.performance import fused_attention_is_faster
 
 
 def _attention(q, k, v, scale):
