@@ -69,6 +69,13 @@ def _real_epoch_data(spec):
     return train_ds, provenance["train_images"], provenance["train_description"]
 
 
+def _in_memory_pipeline(x, y, batch):
+    """The trainers' input pipeline over in-memory images, without augmentation."""
+    from keras_vitbn.data import Split, make_pipeline
+
+    return make_pipeline(Split.from_arrays(x, y, int(y.max()) + 1, "benchmark images"), batch)
+
+
 class _Session:
     """What every worker measures; subclasses set up a model and time its work."""
 
@@ -196,8 +203,9 @@ class KerasSession(_Session):
         self.result["settings"] = dict(settings)
         model.compile(optimizer=keras.optimizers.Adam(spec["learning_rate"], epsilon=1e-8), loss=loss_fn, **settings)
         self.model = model
+        self.batches = _in_memory_pipeline(self.x, self.y, self.batch)
         start = time.perf_counter()
-        history = self._fit(self.x, self.y, batch_size=self.batch, shuffle=False)
+        history = self._fit(self.batches)
         self.result["warmup_seconds"] = time.perf_counter() - start
         self.result["warmup_epoch_loss"] = float(history.history["loss"][0])
         self.result["peak_rss_train_mib"] = _peak_rss_mib()
@@ -207,7 +215,7 @@ class KerasSession(_Session):
         return self.model.fit(*args, epochs=1, verbose=0, **kwargs)
 
     def _train_window(self):
-        return _timed(lambda: self._fit(self.x, self.y, batch_size=self.batch, shuffle=False))
+        return _timed(lambda: self._fit(self.batches))
 
     def _real_epoch(self, dataset):
         return _timed(lambda: self._fit(dataset))
