@@ -5,10 +5,10 @@ depth 6, batch 100) with `posix_memalign` from a worker thread and frees it when
 the step ends. glibc serves a block that large from a fresh `mmap` and returns it
 with `munmap`, so every step faults in 36,000 zeroed pages again: 5.4 million page
 faults in 170 JAX steps, a fifth of the run spent in the kernel. With one arena and
-no `mmap`, a freed block stays in the heap for the next step: JAX trained 13-16%
-faster (539 -> 610 and 625 images/s, interleaved A/B, 2-core CPU). torch did not
-change (687 vs 679) and TensorFlow, which keeps its own buffers, looked slower in
-one A/B (757 vs 661, within this machine's noise), so only the JAX backend gets it.
+no `mmap`, a freed block stays in the heap for the next step: JAX trained 13%
+faster (539 -> 610 images/s, interleaved A/B, 2-core CPU; the same run's plain-PyTorch
+yardstick: 687). torch did not change (687 vs 679), and TensorFlow was not faster
+(757 vs 661 in one A/B, within this machine's noise), so only the JAX backend gets it.
 
 The settings must be made before the framework starts its thread pools (a thread
 keeps the arena it first allocated from). JAX starts them on first use, so
