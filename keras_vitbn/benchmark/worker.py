@@ -210,9 +210,9 @@ class KerasSession(_Session):
         self.result["warmup_epoch_loss"] = float(history.history["loss"][0])
         self.result["peak_rss_train_mib"] = _peak_rss_mib()
 
-    def _fit(self, *args, **kwargs):
+    def _fit(self, dataset):
         # `fit` returns after the epoch's outputs are synchronised (the loss is read back).
-        return self.model.fit(*args, epochs=1, verbose=0, **kwargs)
+        return self.model.fit(dataset, epochs=1, verbose=0)
 
     def _train_window(self):
         return _timed(lambda: self._fit(self.batches))

