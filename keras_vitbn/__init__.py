@@ -1,11 +1,9 @@
 """keras_vitbn: what does BatchNorm do inside a Vision Transformer? (Keras 3, any backend)."""
 
-import keras
+from keras_vitbn.allocator import configured_backend, tune_malloc
 
-from keras_vitbn.allocator import tune_malloc
-
-if keras.backend.backend() == "jax":
-    tune_malloc()  # before JAX starts its threads (on first use); see keras_vitbn/allocator.py
+if configured_backend() == "jax":
+    tune_malloc()  # before `import keras` starts XLA's threads; see keras_vitbn/allocator.py
 
 from keras_vitbn import layers, models  # noqa: E402
 from keras_vitbn.models import create_model, list_models  # noqa: E402

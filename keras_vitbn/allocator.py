@@ -7,16 +7,22 @@ with `munmap`, so every step faults in 36,000 zeroed pages again: 5.4 million pa
 faults in 170 JAX steps, a fifth of the run spent in the kernel. With one arena and
 no `mmap`, a freed block stays in the heap for the next step: JAX trained 13%
 faster (539 -> 610 images/s, interleaved A/B, 2-core CPU; the same run's plain-PyTorch
-yardstick: 687). torch did not change (687 vs 679), and TensorFlow was not faster
-(757 vs 661 in one A/B, within this machine's noise), so only the JAX backend gets it.
+yardstick: 687). torch did not change (687 vs 679; 651 vs 640 in a later A/B), and
+TensorFlow was not faster (757 vs 661, then 861 vs 835, within this machine's noise),
+so only the JAX backend gets it.
 
-The settings must be made before the framework starts its thread pools (a thread
-keeps the arena it first allocated from). JAX starts them on first use, so
-`import keras_vitbn` applies the settings right after importing Keras when the
-backend is JAX. Set `KERAS_VITBN_MALLOC=default` to leave malloc alone.
+The settings must be made before the framework starts its thread pools: a thread
+keeps the arena it first allocated from, and glibc hands threads started later the
+arenas that already exist. `import keras` on JAX already starts XLA's threads, so
+settings made after it left the step's scratch buffer in a thread arena, still
+mmapped every step (19,000 page faults per ViT step instead of 100-2,000; ViT
+training 503 vs 584 images/s, interleaved A/B). `import keras_vitbn` therefore
+applies them before importing Keras, when `configured_backend()` says JAX. Set
+`KERAS_VITBN_MALLOC=default` to leave malloc alone.
 """
 
 import ctypes
+import json
 import os
 import sys
 
@@ -27,6 +33,26 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 _NEVER_TRIM = 2**31 - 1  # the largest int mallopt takes: freed memory stays with the process
+
+
+def configured_backend():
+    """The backend Keras uses or will use, found without importing Keras.
+
+    Keras' own rule: `KERAS_BACKEND`, else the `backend` of `keras.json` in
+    `KERAS_HOME` (default `~/.keras`, or `/tmp/.keras` where home is read-only),
+    else `tensorflow`.
+    """
+    if "keras" in sys.modules:
+        return sys.modules["keras"].backend.backend()
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.path.expanduser("~")
+    keras_dir = os.environ.get("KERAS_HOME") or os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras")
+    try:
+        with open(os.path.join(os.path.expanduser(keras_dir), "keras.json")) as f:
+            return json.load(f).get("backend", "tensorflow")
+    except (OSError, ValueError, AttributeError):  # no file, bad JSON, JSON that is not an object
+        return "tensorflow"
 
 
 def tune_malloc():
