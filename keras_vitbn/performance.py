@@ -56,11 +56,17 @@ def fit_settings(backend=None):
 def fused_attention_is_faster(tensor=None):
     """Whether `keras.ops.dot_product_attention` beats plain matrix products here.
 
-    It does on JAX and TensorFlow (XLA fuses either form) and on torch with a
-    GPU. Not on torch on the CPU: PyTorch's CPU flash-attention kernel, which
-    `scaled_dot_product_attention` picks there, made a ViTBNFFN depth-6 training
-    step 1.3x slower than matmul-softmax-matmul at 17 tokens (455 vs 586 images/s,
-    interleaved A/B, 2-core CPU). Both forms compute the same function.
+    Both forms compute the same function; which is faster depends on the backend
+    and device (ViT, depth 6, 17 tokens, batch 100, interleaved A/Bs on a 2-core CPU):
+    - JAX: the fused form (617 vs 594 images/s, ViT). XLA fuses either form.
+    - TensorFlow on the CPU: plain matrix products (ViT 949 -> 983 images/s, faster
+      in 6 of 7 windows). XLA:CPU runs the fused form's 4-D batched products with
+      its own slow dot loops (a quarter of the step in the profile), the 3-D
+      `matmul`s with oneDNN, like the other matrix products.
+    - torch on the CPU: plain matrix products. `scaled_dot_product_attention`
+      picks PyTorch's CPU flash-attention kernel there, which made a ViTBNFFN
+      training step 1.3x slower (455 vs 586 images/s).
+    - torch or TensorFlow with a GPU: the fused form.
 
     Args:
         tensor: the attention's input, whose device decides on torch; None means
@@ -68,7 +74,12 @@ def fused_attention_is_faster(tensor=None):
     """
     import keras
 
-    if keras.backend.backend() != "torch":
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_logical_devices("GPU"))
+    if backend != "torch":
         return True
     device = getattr(tensor if tensor is not None else keras.ops.zeros(()), "device", None)
     return getattr(device, "type", "cpu") != "cpu"

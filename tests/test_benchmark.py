@@ -46,6 +46,11 @@ def test_fused_attention_choice():
         # dot_product_attention on a GPU; plain matrix products on the CPU.
         assert performance.fused_attention_is_faster(x) is (x.device.type != "cpu")
         assert performance.fused_attention_is_faster() is (x.device.type != "cpu")
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # dot_product_attention with a GPU; plain matrix products (oneDNN) on the CPU.
+        assert performance.fused_attention_is_faster(x) is bool(tf.config.list_logical_devices("GPU"))
     else:
         assert performance.fused_attention_is_faster(x) is True
 
