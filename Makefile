@@ -27,10 +27,15 @@ train: $(STAMP)
 	  $(if $(wildcard $(MNIST_TEST_DIR)/t10k-images-idx3-ubyte*),--test-data-dir $(MNIST_TEST_DIR)) $(TRAIN_ARGS)
 
 # The whole suite, once per backend; fails if any backend fails.
+# keras_vitbn.allocator.TUNABLES: pytest-xdist workers start a thread before conftest
+# imports keras_vitbn, too late for its malloc settings; glibc reads these at startup.
+JAX_MALLOC = glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647
+
 test: $(STAMP)
 	@status=0; for backend in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$backend"; \
-	  KERAS_BACKEND=$$backend TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest $(PYTEST_ARGS) || status=1; \
+	  malloc=; [ $$backend = jax ] && malloc="GLIBC_TUNABLES=$(JAX_MALLOC)"; \
+	  env $$malloc KERAS_BACKEND=$$backend TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest $(PYTEST_ARGS) || status=1; \
 	done; exit $$status
 
 clean:

@@ -1,9 +1,8 @@
 """keras_vitbn: what does BatchNorm do inside a Vision Transformer? (Keras 3, any backend)."""
 
-from keras_vitbn.allocator import configured_backend, tune_malloc
+from keras_vitbn.allocator import tune_at_import
 
-if configured_backend() == "jax":
-    tune_malloc()  # before `import keras` starts XLA's threads; see keras_vitbn/allocator.py
+tune_at_import()  # on JAX, before `import keras` starts threads; see keras_vitbn/allocator.py
 
 from keras_vitbn import layers, models  # noqa: E402
 from keras_vitbn.models import create_model, list_models  # noqa: E402

@@ -17,16 +17,24 @@ arenas that already exist. `import keras` on JAX already starts XLA's threads, s
 settings made after it left the step's scratch buffer in a thread arena, still
 mmapped every step (19,000 page faults per ViT step instead of 100-2,000; ViT
 training 503 vs 584 images/s, interleaved A/B). `import keras_vitbn` therefore
-applies them before importing Keras, when `configured_backend()` says JAX. Set
+applies them before importing Keras, when `configured_backend()` says JAX, and
+warns when it comes too late: glibc then already has more than one arena (after
+`import keras`: 2; after a first JAX computation: 16; in a pytest-xdist worker,
+whose I/O thread starts first: 2). `GLIBC_TUNABLES` set to
+`TUNABLES` before Python starts gives one arena whatever the import order. Set
 `KERAS_VITBN_MALLOC=default` to leave malloc alone.
 """
 
 import ctypes
 import json
 import os
+import re
 import sys
+import warnings
 
 ENV = "KERAS_VITBN_MALLOC"
+# The same three settings as glibc tunables, read when a process starts.
+TUNABLES = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
 
 # mallopt parameters, from glibc's malloc.h.
 _M_TRIM_THRESHOLD = -1
@@ -55,6 +63,62 @@ def configured_backend():
         return "tensorflow"
 
 
+def _glibc():
+    """The C library if it is glibc (musl's mallopt ignores these settings), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 (glibc only)
+        return libc
+    except (AttributeError, OSError):
+        return None
+
+
+def arena_count():
+    """How many malloc arenas glibc has made in this process; None off glibc.
+
+    Reads `malloc_info`, which writes one `<heap>` element per arena.
+    """
+    libc = _glibc()
+    if libc is None:
+        return None
+    buffer, size = ctypes.c_char_p(), ctypes.c_size_t()
+    libc.open_memstream.restype = ctypes.c_void_p
+    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    libc.free.argtypes = [ctypes.c_void_p]
+    stream = libc.open_memstream(ctypes.byref(buffer), ctypes.byref(size))
+    if not stream:
+        return None
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    xml = ctypes.string_at(buffer, size.value).decode()
+    libc.free(buffer)
+    return len(re.findall(r"<heap nr=", xml))
+
+
+def tune_at_import():
+    """What `import keras_vitbn` does: on JAX, tune malloc, and warn if that came too late.
+
+    Returns:
+        bool, whether the settings were made.
+    """
+    if configured_backend() != "jax" or not tune_malloc():
+        return False
+    arenas = arena_count()
+    if arenas and arenas > 1:  # threads started before us keep their own arenas
+        warnings.warn(
+            f"keras_vitbn was imported after other threads started ({arenas} malloc arenas), so XLA "
+            "still maps its scratch memory afresh every step and JAX trains slower on the CPU (ViT: "
+            "503 vs 584 images/s): import keras_vitbn before keras, jax and tensorflow, or start "
+            f"Python with GLIBC_TUNABLES={TUNABLES} (KERAS_VITBN_MALLOC=default silences this)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return True
+
+
 def tune_malloc():
     """Makes glibc keep freed memory for reuse (one arena, no mmap, no trimming).
 
@@ -65,15 +129,10 @@ def tune_malloc():
     Returns:
         bool, whether the settings were made.
     """
-    if os.environ.get(ENV, "").lower() == "default" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # glibc only: musl's mallopt ignores these
-        mallopt = libc.mallopt
-    except (AttributeError, OSError):
+    libc = _glibc()
+    if os.environ.get(ENV, "").lower() == "default" or libc is None:
         return False
     return all(
-        mallopt(parameter, value) == 1
+        libc.mallopt(parameter, value) == 1
         for parameter, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NEVER_TRIM))
     )

@@ -5,8 +5,10 @@ The suite runs once per backend: `KERAS_BACKEND=jax|tensorflow|torch pytest`.
 
 import os
 
-import keras
-import pytest
+import keras_vitbn  # noqa: F401 (first: on JAX it tunes malloc before Keras starts threads)
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
 
 
 def pytest_addoption(parser):

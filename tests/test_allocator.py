@@ -7,7 +7,8 @@ every call, as it does with a training step's. Without the settings the calls fa
 in fresh pages every time; with them the buffer stays in the heap. It also counts
 glibc's arenas: settings made after `import keras` (which starts XLA's threads) left
 a second arena, whose large blocks glibc always maps afresh, and a ViT training step
-faulted in 19,000 pages instead of 100-2,000.
+faulted in 19,000 pages instead of 100-2,000. Such a late import warns and names the
+fix, `GLIBC_TUNABLES`, which the last checks apply.
 """
 
 import json
@@ -17,25 +18,14 @@ import sys
 
 import pytest
 
-JAX_PROBE = r"""
-import ctypes, json, os, re, resource, tempfile
-import keras_vitbn  # the first import: applies (or not) the malloc settings
-import jax, jax.numpy as jnp
+from keras_vitbn.allocator import TUNABLES
 
-def arenas():  # glibc's malloc_info writes one <heap> element per arena
-    libc = ctypes.CDLL(None)
-    libc.fopen.restype = ctypes.c_void_p
-    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
-    libc.fclose.argtypes = [ctypes.c_void_p]
-    fd, path = tempfile.mkstemp()
-    os.close(fd)
-    stream = libc.fopen(path.encode(), b"w")
-    libc.malloc_info(0, stream)
-    libc.fclose(stream)
-    with open(path) as f:
-        xml = f.read()
-    os.unlink(path)
-    return len(re.findall("<heap nr=", xml))
+JAX_PROBE = r"""
+import json, resource
+{first}
+import keras_vitbn  # applies (or not) the malloc settings
+import jax, jax.numpy as jnp
+from keras_vitbn.allocator import arena_count
 
 a, b = jnp.ones((8192, 8)), jnp.ones((8, 4096))
 step = jax.jit(lambda a, b: jnp.sum(jnp.tanh(a @ b).T @ a))  # tanh(a @ b) is a 128 MiB scratch buffer
@@ -44,7 +34,7 @@ for _ in range(8):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step(a, b).block_until_ready()
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps({"faults": faults, "pages": 8192 * 4096 * 4 // resource.getpagesize(), "arenas": arenas()}))
+print(json.dumps({"faults": faults, "pages": 8192 * 4096 * 4 // resource.getpagesize(), "arenas": arena_count()}))
 """
 
 THREAD_PROBE = r"""
@@ -74,29 +64,53 @@ print(json.dumps({"faults": faults, "pages": SIZE // resource.getpagesize()}))
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the settings are glibc's (Linux)")
 
 
-def _probe(probe, backend, **env):
-    environment = {k: v for k, v in os.environ.items() if k != "KERAS_VITBN_MALLOC"}
+def _run(probe, backend, **env):
+    environment = {k: v for k, v in os.environ.items() if k not in ("KERAS_VITBN_MALLOC", "GLIBC_TUNABLES")}
     environment.update(env, KERAS_BACKEND=backend)
     result = subprocess.run(
-        [sys.executable, "-c", probe], env=environment, capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-W", "always::RuntimeWarning", "-c", probe],
+        env=environment, capture_output=True, text=True, timeout=300, check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
+
+
+def _probe(probe, backend, **env):
+    return _run(probe, backend, **env)[0]
+
+
+def _jax_probe(first=""):
+    """JAX_PROBE, with `first` run before `import keras_vitbn`."""
+    return JAX_PROBE.replace("{first}", first)
 
 
 @linux_only
 def test_xla_scratch_memory_is_reused_on_jax():
     pytest.importorskip("jax")
-    tuned = _probe(JAX_PROBE, "jax")
+    tuned, warnings = _run(_jax_probe(), "jax")
+    assert "keras_vitbn was imported after" not in warnings
     pages = tuned["pages"]
     assert tuned["arenas"] == 1, tuned  # every XLA thread allocates from the one tuned arena
     assert tuned["faults"][0] > 0.9 * pages, tuned  # the first call faults the buffer in
     # Later calls can reuse it. How many do varies (3-7 of 7 measured: other allocations may
     # take the freed space), so the arena count above is the deterministic check.
     assert any(f < 0.05 * pages for f in tuned["faults"][1:]), tuned
-    opted_out = _probe(JAX_PROBE, "jax", KERAS_VITBN_MALLOC="default")
+    opted_out = _probe(_jax_probe(), "jax", KERAS_VITBN_MALLOC="default")
     assert opted_out["arenas"] > 1, opted_out
     assert min(opted_out["faults"][1:]) > 0.9 * pages, opted_out  # glibc's defaults: fresh pages every call
+
+
+@linux_only
+def test_late_import_warns_and_glibc_tunables_fix_it():
+    pytest.importorskip("jax")
+    late, warnings = _run(_jax_probe("import keras"), "jax")
+    assert late["arenas"] > 1, late  # Keras' threads got their own arena before the settings
+    assert "RuntimeWarning: keras_vitbn was imported after other threads" in warnings, warnings[-2000:]
+    assert "import keras_vitbn before keras" in warnings and f"GLIBC_TUNABLES={TUNABLES}" in warnings
+    fixed, warnings = _run(_jax_probe("import keras"), "jax", GLIBC_TUNABLES=TUNABLES)
+    assert fixed["arenas"] == 1, fixed  # the warning's advice works whatever the import order
+    assert "keras_vitbn was imported after" not in warnings
+    assert any(f < 0.05 * fixed["pages"] for f in fixed["faults"][1:]), fixed
 
 
 @linux_only
@@ -129,3 +143,9 @@ def test_configured_backend_follows_keras_rules(monkeypatch, tmp_path):
     (tmp_path / "keras.json").write_text("[not a keras config")
     monkeypatch.delenv("KERAS_BACKEND")
     assert configured_backend() == "tensorflow"
+
+
+def test_make_test_uses_the_same_tunables():
+    makefile = os.path.join(os.path.dirname(__file__), "..", "Makefile")
+    with open(makefile) as f:
+        assert f"JAX_MALLOC = {TUNABLES}\n" in f.read()
