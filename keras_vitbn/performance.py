@@ -88,9 +88,14 @@ def fused_attention_is_faster(tensor=None):
 
 
 def thread_environment(threads):
-    """Environment variables that pin every library's CPU thread pools to `threads` threads.
+    """Environment variables that pin the libraries' CPU thread pools to `threads` threads.
 
     Set them before importing TensorFlow, JAX or PyTorch (e.g. in a subprocess's env).
+    XLA has no flag for a thread count: with `threads > 1` it uses every CPU the
+    process may run on (limit those with `taskset`), with 1 a single thread. The
+    user's own `XLA_FLAGS` come first and are kept. (`intra_op_parallelism_threads=N`,
+    which this function used to add, is not an XLA flag: XLA silently dropped it and
+    every flag after it.)
     """
     threads = int(threads)
     return {
@@ -101,10 +106,7 @@ def thread_environment(threads):
         "TF_NUM_INTEROP_THREADS": "1",
         "XLA_FLAGS": " ".join(
             f
-            for f in (
-                os.environ.get("XLA_FLAGS", ""),
-                f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={threads}",
-            )
+            for f in (os.environ.get("XLA_FLAGS", ""), f"--xla_cpu_multi_thread_eigen={str(threads > 1).lower()}")
             if f
         ),
     }

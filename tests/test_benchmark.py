@@ -7,6 +7,9 @@ over the warm-up epoch.
 """
 
 import json
+import os
+import subprocess
+import sys
 
 import keras
 import pytest
@@ -64,10 +67,23 @@ def test_flop_count_of_the_article_model():
     assert performance.vit_training_flops(6) == 3 * expected
 
 
-def test_thread_environment_pins_every_pool():
+def test_thread_environment_pins_every_pool(monkeypatch):
     env = performance.thread_environment(2)
     assert env["OMP_NUM_THREADS"] == "2" and env["TF_NUM_INTRAOP_THREADS"] == "2"
-    assert "intra_op_parallelism_threads=2" in env["XLA_FLAGS"]
+    assert env["XLA_FLAGS"].split() == ["--xla_cpu_multi_thread_eigen=true"]
+    assert performance.thread_environment(1)["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=false"
+    # Every flag reaches XLA, before and after these: a bare `intra_op_parallelism_threads=2`
+    # (not an XLA flag) made XLA drop the flags after it.
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    after = performance.thread_environment(2)["XLA_FLAGS"] + " --xla_force_host_platform_device_count=2"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
+    before = performance.thread_environment(2)["XLA_FLAGS"]
+    for flags, devices in ((after, "2"), (before, "3")):
+        count = subprocess.run(
+            [sys.executable, "-c", "import jax; print(jax.local_device_count('cpu'))"],
+            env=dict(os.environ, XLA_FLAGS=flags), capture_output=True, text=True, timeout=120, check=True,
+        )
+        assert count.stdout.strip().splitlines()[-1] == devices, (flags, count.stderr[-1000:])
 
 
 def test_parser_defaults_are_the_article_configuration():
