@@ -13,8 +13,8 @@ so only the JAX backend gets it.
 
 The settings must be made before the framework starts its thread pools: a thread
 keeps the arena it first allocated from, and glibc hands threads started later the
-arenas that already exist. `import keras` on JAX already starts XLA's threads, so
-settings made after it left the step's scratch buffer in a thread arena, still
+arenas that already exist. `import keras` on JAX already starts threads (3 besides
+the main one), so settings made after it left the step's scratch buffer in a thread arena, still
 mmapped every step (19,000 page faults per ViT step instead of 100-2,000; ViT
 training 503 vs 584 images/s, interleaved A/B). `import keras_vitbn` therefore
 applies them before importing Keras, when `configured_backend()` says JAX, and

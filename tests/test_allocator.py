@@ -5,7 +5,7 @@ must be made before any thread starts. The JAX probe runs a jitted function whos
 intermediate (128 MiB) XLA keeps in a scratch buffer that it allocates and frees on
 every call, as it does with a training step's. Without the settings the calls fault
 in fresh pages every time; with them the buffer stays in the heap. It also counts
-glibc's arenas: settings made after `import keras` (which starts XLA's threads) left
+glibc's arenas: settings made after `import keras` (which starts threads) left
 a second arena, whose large blocks glibc always maps afresh, and a ViT training step
 faulted in 19,000 pages instead of 100-2,000. Such a late import warns and names the
 fix, `GLIBC_TUNABLES`, which the last checks apply.
