@@ -68,13 +68,13 @@ def test_flop_count_of_the_article_model():
 
 
 def test_thread_environment_pins_every_pool(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)  # the exact strings below assume no flags of the user's
     env = performance.thread_environment(2)
     assert env["OMP_NUM_THREADS"] == "2" and env["TF_NUM_INTRAOP_THREADS"] == "2"
     assert env["XLA_FLAGS"].split() == ["--xla_cpu_multi_thread_eigen=true"]
     assert performance.thread_environment(1)["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=false"
     # Every flag reaches XLA, before and after these: a bare `intra_op_parallelism_threads=2`
     # (not an XLA flag) made XLA drop the flags after it.
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
     after = performance.thread_environment(2)["XLA_FLAGS"] + " --xla_force_host_platform_device_count=2"
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
     before = performance.thread_environment(2)["XLA_FLAGS"]
