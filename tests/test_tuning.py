@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import keras
@@ -27,7 +28,7 @@ from keras_vitbn.training.train import load_data
 from keras_vitbn.tuning import SearchConfig, search
 from keras_vitbn.tuning import report as report_lib
 from keras_vitbn.tuning.cli import config_from_cli, main
-from keras_vitbn.tuning.search import make_oracle
+from keras_vitbn.tuning.search import make_oracle, make_tuner, serve_oracle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tuning", "lr_per_depth.py")
@@ -286,13 +287,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def run_distributed(out, search_flags, workers=("tuner0", "tuner1"), timeout=240):
-    """Runs the chief and the workers on 127.0.0.1; returns {tuner_id: (returncode, output)}."""
+def run_distributed(out, search_flags, workers=("tuner0", "tuner1"), timeout=240, chief=True):
+    """Runs the chief (unless not `chief`) and the workers on 127.0.0.1; returns {tuner_id: (returncode, output)}."""
     port = str(_free_port())
     args = [*TINY_FLAGS, *search_flags, "--output-dir", out, "--chief-timeout", "120"]
     procs = {}
     try:
-        for tuner_id in ("chief", *workers):
+        for tuner_id in ("chief", *workers) if chief else workers:
             env = {"KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": "127.0.0.1",
                    "KERASTUNER_ORACLE_PORT": port, "KERAS_BACKEND": keras.backend.backend()}
             procs[tuner_id] = _run_script(args, env)
@@ -344,6 +345,50 @@ def test_distributed_chief_and_two_workers(tmp_path):
     flags = ["--models", "vit_bnffn", "--depths", "1", "2", "--tuner", "random", "--trials", "2"]
     outputs = run_distributed(out, flags)
     check_distributed(out, outputs, ["vit_bnffn_d1", "vit_bnffn_d2"], 2)
+    # A worker that comes after the chief has finished stops at once (it used to wait --chief-timeout and fail).
+    def trial_events():
+        return {cell: {t: events(d) for t, d in trial_dirs(out, cell).items()} for cell in ("vit_bnffn_d1", "vit_bnffn_d2")}
+
+    trials_before = trial_events()
+    start = time.time()
+    code, output = run_distributed(out, flags, workers=("tuner2",), chief=False)["tuner2"]
+    assert code == 0, output[-4000:]
+    assert "the chief has finished the search" in output
+    assert time.time() - start < 100  # well inside the 120 s --chief-timeout
+    assert trial_events() == trials_before  # and ran no trial
+
+
+def test_a_worker_never_trains_another_cells_trial(tmp_path, monkeypatch):
+    """The race where the chief moves on to depth 2 just before a depth-1 worker asks for a trial.
+
+    The depth-1 tuner must hand the depth-2 trial back untrained, and the worker's
+    depth-2 tuner must then run it (in process: the chief's server in a thread).
+    """
+    out = str(tmp_path / "search")
+    config = SearchConfig(tiny_train(), models=("vit_bnffn",), depths=(1, 2), tuner="random", trials=1,
+                          output_dir=out)
+    train_ds, val_ds, _, _, provenance = load_data(config.train)
+    fit_kwargs = {"validation_data": val_ds, "epochs": 1, "verbose": 0}
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(_free_port()))
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "chief")
+    chief = make_tuner(config, "vit_bnffn", 2, provenance, out)
+    server = threading.Thread(target=serve_oracle, args=(chief.oracle,), daemon=True)
+    server.start()
+    try:
+        monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner0")
+        make_tuner(config, "vit_bnffn", 1, provenance, out).search(train_ds, **fit_kwargs)
+        assert trial_dirs(out, "vit_bnffn_d1") == {}  # nothing trained for depth 1
+        assert list(chief.oracle.ongoing_trials) == ["tuner0"]  # the trial is still tuner0's
+        make_tuner(config, "vit_bnffn", 2, provenance, out).search(train_ds, **fit_kwargs)
+    finally:
+        server.join(timeout=60)
+    assert not server.is_alive()  # the chief's cell ended: its one trial came back
+    (trial_dir,) = trial_dirs(out, "vit_bnffn_d2").values()
+    assert [(e["event"], e["tuner_id"]) for e in events(trial_dir)] == [("start", "tuner0"), ("end", "tuner0")]
+    with open(os.path.join(trial_dir, "outcome.json")) as f:
+        assert json.load(f)["depth"] == 2
+    assert chief.oracle.trials["0"].status == "COMPLETED"
 
 
 @pytest.mark.large

@@ -5,7 +5,8 @@ Every (model, depth) cell is its own keras-tuner project, searched in turn
 rates (`kt.HyperModel` below) by Bayesian optimisation, random or grid search.
 A search directory holds:
 
-    search.json                      resolved SearchConfig, data provenance, backend, command
+    search.json                      resolved SearchConfig, data provenance, backend, command, and
+                                     "searched_at" once every cell is searched (workers stop on it)
     kt/<model>_d<depth>/             the keras-tuner project of one cell: oracle.json,
         trial_<id>/trial.json          keras-tuner's record of the trial
         trial_<id>/outcome.json        status, failure reason, last-epoch metrics, per-epoch history
@@ -55,6 +56,8 @@ OBJECTIVE = "val_accuracy"
 LR = "learning_rate"
 CHIEF_POLL_SECONDS = 0.5
 WORKER_POLL_SECONDS = 0.5
+# A waiting worker asks the chief in slices this long and checks search.json between them.
+WORKER_WAIT_SLICE_SECONDS = 2.0
 # A never-reached limit: divergent trials fail one after another by design.
 MAX_CONSECUTIVE_FAILURES = 10**9
 DEFAULT_INITIAL_POINTS = 3
@@ -117,22 +120,40 @@ def serve_oracle(oracle, poll=CHIEF_POLL_SECONDS):
         server.stop(grace=2).wait()
 
 
-def served_cell(timeout):
-    """The cell whose oracle the chief serves now (waits for a server up to `timeout` s)."""
+def served_cell(timeout, search_finished=lambda: False):
+    """The cell whose oracle the chief serves now, or None once `search_finished()`.
+
+    Waits for a server up to `timeout` s in all. Between cells, and after the
+    last one, the chief serves nothing; the chief marks the end of the search in
+    the shared search.json, which `search_finished` reads, so a worker that
+    arrives (or comes back) after the chief has finished stops instead of
+    waiting for a server that will never come.
+    """
     import grpc
     from keras_tuner.src import protos
 
-    channel = grpc.insecure_channel(_oracle_address())
-    try:
-        stub = protos.get_service_grpc().OracleStub(channel)
-        response = stub.GetSpace(protos.get_service().GetSpaceRequest(), wait_for_ready=True, timeout=timeout)
-    except grpc.RpcError as error:
-        raise RuntimeError(
-            f"no chief answered at {_oracle_address()} within {timeout:.0f} s ({error.code().name}): start the "
-            "chief (KERASTUNER_TUNER_ID=chief) with the same command, or raise --chief-timeout"
-        ) from None
-    finally:
-        channel.close()
+    deadline = time.monotonic() + timeout
+    retry = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+    while True:
+        if search_finished():
+            return None
+        wait = min(WORKER_WAIT_SLICE_SECONDS, deadline - time.monotonic())
+        channel = grpc.insecure_channel(_oracle_address())
+        try:
+            stub = protos.get_service_grpc().OracleStub(channel)
+            response = stub.GetSpace(protos.get_service().GetSpaceRequest(), wait_for_ready=True,
+                                     timeout=max(wait, 0.1))
+            break
+        except grpc.RpcError as error:
+            if error.code() not in retry or time.monotonic() >= deadline:
+                if search_finished():
+                    return None
+                raise RuntimeError(
+                    f"no chief answered at {_oracle_address()} within {timeout:.0f} s ({error.code().name}): start "
+                    "the chief (KERASTUNER_TUNER_ID=chief) with the same command, or raise --chief-timeout"
+                ) from None
+        finally:
+            channel.close()
     hps = kt.HyperParameters.from_proto(response.hyperparameters)
     return hps.values.get("cell")
 
@@ -247,7 +268,32 @@ class LearningRateTuner(kt.Tuner):
             if not self.is_finished():
                 serve_oracle(self.oracle)
             return
+        if distributed_role() == "worker":
+            self._only_own_cell()
         super().search(*fit_args, **fit_kwargs)
+
+    def _only_own_cell(self):
+        """Ends this worker's cell when the chief answers with another cell's trial.
+
+        The chief may stop this cell's server and start the next one's between a
+        worker's last look (`served_cell`) and its request for a trial; the next
+        oracle then hands this tuner a trial of its own cell, which this tuner
+        would train with the wrong model. Treat it as the end of this cell: the
+        trial stays assigned to this tuner id, and the next cell's tuner gets it
+        back from the oracle (keras-tuner returns a tuner's ongoing trial first).
+        """
+        create_trial = self.oracle.create_trial
+        cell = self.hypermodel.name
+
+        def create_own_trial(tuner_id):
+            trial = create_trial(tuner_id)
+            other = trial.hyperparameters.values.get("cell")
+            if trial.status == kt.engine.trial.TrialStatus.RUNNING and other != cell:
+                _say(f"worker {tuner_id}: the chief serves {other} now; {cell} is finished")
+                trial.status = kt.engine.trial.TrialStatus.STOPPED
+            return trial
+
+        self.oracle.create_trial = create_own_trial
 
     def _event(self, trial_dir, event, **fields):
         line = {
@@ -401,6 +447,16 @@ def _check_or_write_config(config, output_dir, role, command, provenance):
     )
 
 
+def search_finished(output_dir):
+    """Whether the chief (or a single machine) has searched every cell of the search in `output_dir`."""
+    return bool((read_json(os.path.join(output_dir, "search.json")) or {}).get("searched_at"))
+
+
+def _mark_searched(output_dir):
+    path = os.path.join(output_dir, "search.json")
+    write_json(path, {**read_json(path), "searched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
 def _worker_loop(config, provenance, output_dir, fit_args, fit_kwargs, chief_timeout):
     cells = config.cells()
     names = [cell_name(m, d) for m, d in cells]
@@ -409,7 +465,10 @@ def _worker_loop(config, provenance, output_dir, fit_args, fit_kwargs, chief_tim
     while i < len(cells):
         if tuner is None:
             tuner = make_tuner(config, *cells[i], provenance, output_dir)
-        served = served_cell(chief_timeout)
+        served = served_cell(chief_timeout, lambda: search_finished(output_dir))
+        if served is None:
+            _say(f"worker {os.environ['KERASTUNER_TUNER_ID']}: the chief has finished the search")
+            return
         if served not in names:
             raise RuntimeError(
                 f"the chief at {_oracle_address()} serves cell {served!r}, which this search does not have "
@@ -488,6 +547,7 @@ def search(config, overwrite=False, verbose="auto", command=None, chief_timeout=
         _say(f"{cell_name(model_name, depth)} ({i + 1}/{len(cells)}): {len(tuner.oracle.trials)} trials recorded"
              f"{', serving it to the workers' if role == 'chief' else ''}")
         tuner.search(*fit_args, **fit_kwargs)
+    _mark_searched(output_dir)
     seconds = time.perf_counter() - start
     summary = {"output_dir": output_dir, "role": role, "seconds": seconds}
     if report:
