@@ -162,7 +162,8 @@ def test_cli_arguments():
     parser = argparse.ArgumentParser()
     distribute.add_distribute_args(parser)
     args = parser.parse_args([])
-    assert args.distribute == "none"
+    assert args.distribute == "auto"
+    assert parser.parse_args(["--distribute", "none"]).distribute == "none"
     assert distribute.distribute_options(args) == {"sync_batchnorm": True}
     args = parser.parse_args(
         "--distribute multi_worker --no-sync-batchnorm --coordinator-address 10.0.0.1:1234 "

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--depth", "1", "--dim", "16", "--heads", "2", "--dim-head", "8", "--mlp-dim", "16",
@@ -44,3 +45,40 @@ def test_trainer_distribute(shared_data, tmp_path):
     assert json.loads((out / "status.json").read_text())["status"] == "completed"
     assert (out / "model_last.keras").is_file()
     assert "replica" in proc.stdout
+
+
+def _train(shared_data, out, *flags):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KERAS_DISTRIBUTION_") and k != "XLA_FLAGS"}
+    env.update(KERAS_BACKEND=keras.backend.backend(), PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    tiny = [*TINY, "--depth", "3"]  # argparse keeps the last --depth: 3 is where the default switches on
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "trainers", "fashion_mnist.py"), "--data-dir",
+         os.path.join(shared_data, "fashion-mnist"), "--output-dir", str(out), *tiny, *flags],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=420,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = json.loads((out / "config.json").read_text())
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    return saved["data"].get("distribution"), history
+
+
+def test_default_is_data_parallel_where_faster(shared_data, tmp_path):
+    """No --distribute: a depth-3 ViT on JAX trains on 2 XLA CPU devices, with the losses of --distribute none."""
+    backend = keras.backend.backend()
+    auto, auto_history = _train(shared_data, tmp_path / "auto")
+    _, one_history = _train(shared_data, tmp_path / "one", "--distribute", "none")
+    keys = ("loss", "accuracy", "test_loss", "test_accuracy")
+    for a, b in zip(auto_history, one_history, strict=True):
+        np.testing.assert_allclose([a[k] for k in keys], [b[k] for k in keys], rtol=0, atol=1e-5)
+    if backend != "jax":
+        assert auto == {"mode": "none", "num_replicas": 1, "automatic": "not JAX"}
+        return
+    if len(os.sched_getaffinity(0)) < 2:  # a one-core machine keeps one device, and says why
+        assert auto["num_replicas"] == 1 and "one CPU device" in auto["automatic"]
+        return
+    assert auto["mode"] == "data_parallel" and auto["num_replicas"] == 2
+    assert auto["automatic"].startswith("automatic: JAX on a CPU-only host")
+    # 190 training images do not split into batches of 50: one device, so that no image is dropped.
+    uneven, history = _train(shared_data, tmp_path / "uneven", "--train-subset", "190")
+    assert uneven["num_replicas"] == 1 and "split evenly" in uneven["automatic"]
+    assert len(history) == 1

@@ -11,7 +11,7 @@ import tempfile
 
 import numpy as np
 
-from keras_vitbn import performance
+from keras_vitbn import auto_distribute, performance
 
 BACKENDS = ("jax", "tensorflow", "torch")
 MODELS = {"vit_bnffn": "ViTBNFFN", "vit": "ViT"}
@@ -62,7 +62,7 @@ class Worker:
         spec_path = os.path.join(workdir, f"{name}.spec.json")
         with open(spec_path, "w") as f:
             json.dump(spec, f)
-        env = dict(os.environ, **performance.thread_environment(threads), TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+        env = {**os.environ, **performance.thread_environment(threads), "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
         env["KERAS_BACKEND"] = spec["backend"] if spec["backend"] != "yardstick" else "torch"
         self.stderr_path = os.path.join(workdir, f"{name}.stderr")
         self._stderr = open(self.stderr_path, "w")  # a file, not a pipe: a full pipe would block the worker
@@ -140,6 +140,14 @@ def measure_interleaved(specs, workdir, threads, timeout, windows, epoch_repeats
     finally:
         for worker in workers.values():
             worker.close()
+
+
+def _worker_env(backend, model, depth, settings, threads):
+    """The trainers' default device setup (`keras_vitbn.auto_distribute`) for a Keras worker."""
+    if backend != "jax" or settings == "keras-default":
+        return None
+    env = {"XLA_FLAGS": performance.thread_environment(threads)["XLA_FLAGS"]}
+    return env if auto_distribute.request_cpu_devices(model, depth, environ=env, backend="jax") else None
 
 
 def run_benchmark(
@@ -223,7 +231,8 @@ def run_benchmark(
             }
             labels = (("yardstick",) if yardstick else ()) + tuple(backends)
             log(f"[benchmark] {MODELS[model]}: {', '.join(labels)}, interleaved")
-            specs = {label: ({**base, "backend": label}, None) for label in labels}
+            specs = {label: ({**base, "backend": label}, _worker_env(label, model, depth, settings, threads))
+                     for label in labels}
             runs = measure_interleaved(specs, workdir, threads, timeout, windows, epoch_repeats, infer_repeats, log)
             for label, run in runs.items():
                 if "error" in run:

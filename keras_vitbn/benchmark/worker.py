@@ -191,6 +191,7 @@ class KerasSession(_Session):
         self.result["matmul_peak_flops"] = _keras_matmul_peak(backend)
         if spec.get("dtype_policy"):
             keras.config.set_dtype_policy(spec["dtype_policy"])
+        devices = self._trainer_distribution(spec)
         model = convert_state_dict(dict(np.load(spec["weights"])))
         initial = [keras.ops.convert_to_numpy(w) for w in model.weights]
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -200,7 +201,7 @@ class KerasSession(_Session):
         for weight, value in zip(model.weights, initial):  # undo the BatchNorm moving-average update
             weight.assign(value)
         settings = _compile_kwargs(spec, backend)
-        self.result["settings"] = dict(settings)
+        self.result["settings"] = dict(settings, devices=devices)
         model.compile(optimizer=keras.optimizers.Adam(spec["learning_rate"], epsilon=1e-8), loss=loss_fn, **settings)
         self.model = model
         self.batches = _in_memory_pipeline(self.x, self.y, self.batch)
@@ -209,6 +210,23 @@ class KerasSession(_Session):
         self.result["warmup_seconds"] = time.perf_counter() - start
         self.result["warmup_epoch_loss"] = float(history.history["loss"][0])
         self.result["peak_rss_train_mib"] = _peak_rss_mib()
+
+    def _trainer_distribution(self, spec):
+        """The trainers' default: data parallel where `auto_distribute` chooses it; returns the device count."""
+        from keras_vitbn import auto_distribute
+        from keras_vitbn.training.config import TrainConfig
+
+        if spec["settings"] == "keras-default":
+            return 1
+        config = TrainConfig(model=spec["variant"], depth=spec["depth"], batch_size=self.batch)
+        eval_sizes = [len(self.x_infer)] + ([spec["epoch_images"]] if spec.get("epoch_images") else [])
+        mode, why = auto_distribute.choose(config, len(self.x), eval_sizes)
+        self.result["distribution"] = why
+        if mode is None:
+            return 1
+        devices = self.keras.distribution.list_devices()
+        self.keras.distribution.set_distribution(self.keras.distribution.DataParallel(devices=devices))
+        return len(devices)
 
     def _fit(self, dataset):
         # `fit` returns after the epoch's outputs are synchronised (the loss is read back).

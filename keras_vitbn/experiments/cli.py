@@ -126,6 +126,10 @@ def main(argv=None):
     cfg = apply_overrides(cfg, args)
     out = args.out or os.path.join("runs", stem + ("_quick" if args.quick else ""))
     backend = resolve_backend(args.backend)
+    if cfg.distribute is None:  # before any run starts JAX: the ViT runs that gain from it go data parallel
+        from keras_vitbn import auto_distribute
+
+        any(auto_distribute.request_cpu_devices(m, d) for m in cfg.models for d in cfg.depths)
     command = f"KERAS_BACKEND={backend} python -m keras_vitbn.experiments {shlex.join(argv)}"
     t0 = time.time()
     records = run_experiment(

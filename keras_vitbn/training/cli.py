@@ -14,6 +14,7 @@ import os
 import shlex
 import sys
 
+from keras_vitbn import auto_distribute
 from keras_vitbn.data.augment import POLICIES
 from keras_vitbn.distribute import add_distribute_args, distribute_options
 from keras_vitbn.data.datasets import DATA_DIR_ENV, SOURCES, TEST_DATA_DIR_ENV
@@ -150,8 +151,8 @@ def config_from_args(args, defaults):
         label_smoothing=args.label_smoothing,
         output_dir=args.output_dir,
         mlflow=args.mlflow,
-        distribute=None if args.distribute == "none" else args.distribute,
-        distribute_options=distribute_options(args) if args.distribute != "none" else {},
+        distribute=None if args.distribute == "auto" else args.distribute,
+        distribute_options=distribute_options(args) if args.distribute not in ("auto", "none") else {},
         jit_compile=jit,
     )
 
@@ -172,6 +173,8 @@ def main(argv=None, defaults=None, description=None):
         from keras_vitbn.training.train import train
 
         config = config_from_args(args, defaults)
+        if config.distribute is None:  # before anything starts JAX
+            auto_distribute.request_cpu_devices(config.model, config.depth)
         result = train(config, overwrite=args.overwrite, verbose=verbose, command=command)
     except KeyboardInterrupt:
         print("\ninterrupted: rerun the same command to resume from the last completed epoch", file=sys.stderr)

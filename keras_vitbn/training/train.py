@@ -28,6 +28,7 @@ import time
 
 import keras
 
+from keras_vitbn import auto_distribute
 from keras_vitbn.data import augment as augment_lib
 from keras_vitbn.data import datasets
 from keras_vitbn.files import read_json, write_json
@@ -46,19 +47,8 @@ def _say(message):
     print(f"[keras_vitbn] {message}", flush=True)
 
 
-def load_data(config, dist=None):
-    """The run's data: (train_ds, val_ds or None, test_ds, test_aug_ds, provenance).
-
-    `train_ds` is shuffled and augmented with `config.seed`; the augmented test
-    split is augmented once with `config.test_seed`, so it is the same images
-    every epoch (the article's protocol); `test_ds` is the clean test split.
-    Under a data-parallel `dist` (a `keras_vitbn.distribute.DistributeContext`)
-    every batch must split evenly across replicas: training drops its last
-    partial batch and evaluation uses a batch size that divides each split.
-
-    Example:
-    >>> train_ds, val_ds, test_ds, test_aug_ds, provenance = load_data(TrainConfig(train_subset=500))
-    """
+def run_splits(config):
+    """The run's (train, val or None, test) `Split`s and provenance: subsets and validation split applied."""
     train, test, provenance = datasets.load_splits(
         config.dataset, config.source, config.data_dir, config.test_data_dir
     )
@@ -78,7 +68,24 @@ def load_data(config, dist=None):
     if config.test_subset is not None and config.test_subset < test.size:
         test = test.take(config.test_subset, f"first {config.test_subset} of {test.description}")
         provenance["test_subset"] = config.test_subset
+    return train, val, test, provenance
 
+
+def load_data(config, dist=None, splits=None):
+    """The run's data: (train_ds, val_ds or None, test_ds, test_aug_ds, provenance).
+
+    `train_ds` is shuffled and augmented with `config.seed`; the augmented test
+    split is augmented once with `config.test_seed`, so it is the same images
+    every epoch (the article's protocol); `test_ds` is the clean test split.
+    Under a data-parallel `dist` (a `keras_vitbn.distribute.DistributeContext`)
+    every batch must split evenly across replicas: training drops its last
+    partial batch and evaluation uses a batch size that divides each split.
+    `splits` is `run_splits(config)`'s result, when the caller has it already.
+
+    Example:
+    >>> train_ds, val_ds, test_ds, test_aug_ds, provenance = load_data(TrainConfig(train_subset=500))
+    """
+    train, val, test, provenance = run_splits(config) if splits is None else splits
     train_augment = augment_lib.augmentation(config.augment, seed=config.seed, **config.augment_options)
     test_options = config.augment_options if config.test_augment == config.augment else {}
     test_augment = augment_lib.augmentation(config.test_augment, seed=config.test_seed, **test_options)
@@ -307,24 +314,32 @@ def train(config, callbacks=None, overwrite=False, verbose="auto", command=None)
         return _result(output_dir, "completed", None, cbs.read_history(paths["history.jsonl"]), status)
 
     keras.utils.set_random_seed(config.seed)
+    splits = run_splits(config)
+    mode, automatic = config.distribute, None
+    if mode is None:
+        train_split, val_split, test_split, _ = splits
+        eval_sizes = [split.size for split in (val_split, test_split) if split is not None]
+        mode, automatic = auto_distribute.choose(config, train_split.size, eval_sizes)
     scope = contextlib.nullcontext(None)
-    if config.distribute and config.distribute != "none":
+    if mode and mode != "none":
         from keras_vitbn import distribute
 
-        scope = distribute.distribution_scope(config.distribute, **config.distribute_options)
+        scope = distribute.distribution_scope(mode, **config.distribute_options)
 
     with scope as dist:
         if dist is not None:
             dist.per_replica_batch_size(config.batch_size)  # fails fast on a batch that does not split
-            _say(dist.describe())
-        train_ds, val_ds, test_ds, test_aug_ds, provenance = load_data(config, dist)
+            _say(dist.describe() + (f" ({automatic})" if mode and automatic else ""))
+        train_ds, val_ds, test_ds, test_aug_ds, provenance = load_data(config, dist, splits)
         if provenance.get("warning"):
             print(f"\n{'!' * 78}\n[keras_vitbn] WARNING: {provenance['warning']}\n{'!' * 78}\n", flush=True)
         steps_per_epoch = math.ceil(provenance["train_images"] / config.batch_size)
         model = build_model(config, tuple(provenance["image_shape"]), provenance["num_classes"])
         if dist is not None:
             dist.prepare_model(model)  # synchronised BatchNorm on TensorFlow replicas
-            provenance["distribution"] = dist.as_dict()
+            provenance["distribution"] = {**dist.as_dict(), "automatic": automatic}
+        elif automatic is not None:  # why this default run stayed on one device
+            provenance["distribution"] = {"mode": "none", "num_replicas": 1, "automatic": automatic}
         compile_model(model, config, steps_per_epoch)
 
         monitor = "val_accuracy" if val_ds is not None else "test_accuracy"
