@@ -119,6 +119,7 @@ def test_smoke_run_same_work_as_yardstick(tmp_path, shared_data):
     assert measured["settings"] == performance.fit_settings(backend) | (
         {"steps_per_execution": 1} if backend == "torch" else {}
     )
+    assert measured["devices"] == 1  # depth 1: the trainers' default keeps one device
     # The correctness guard: the same weights and the same work as the yardstick.
     assert measured["first_step_loss_diff"] < 1e-4
     assert measured["warmup_loss_rel_diff"] < 1e-3
@@ -128,3 +129,19 @@ def test_smoke_run_same_work_as_yardstick(tmp_path, shared_data):
     table = open(md_path).read()
     assert "| ViTBNFFN | yardstick |" in table and f"| ViTBNFFN | {backend} |" in table
     assert table == format_markdown(results) + "\n"
+
+
+def test_benchmark_uses_the_trainers_device_default(shared_data, monkeypatch):
+    """Depth 3: JAX's worker trains on 2 XLA CPU devices, as the trainers do, and still does the yardstick's work."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    backend = keras.backend.backend()
+    results = run_benchmark(
+        models=["vit"], depth=3, backends=[backend], steps=2, windows=1, epoch_images=200,
+        infer_batch=20, infer_repeats=1, data_root=shared_data, timeout=900, log=lambda *_: None,
+    )
+    measured = results["runs"]["vit"][backend]
+    assert "error" not in measured, measured.get("stderr")
+    two = backend == "jax" and len(os.sched_getaffinity(0)) >= 2
+    assert measured["devices"] == (2 if two else 1), measured.get("distribution")
+    assert results["same_work"] is True
+    assert ("devices=2" in format_markdown(results)) is two

@@ -312,7 +312,8 @@ def format_markdown(results):
             if "error" in r:
                 lines.append(f"| {MODELS[model]} | {backend} | failed: {r['error']} |" + " |" * 11)
                 continue
-            settings = ", ".join(f"{k}={v}" for k, v in r.get("settings", {}).items())
+            settings = ", ".join(f"{k}={v}" for k, v in {**r.get("settings", {}), "devices": r.get("devices")}.items()
+                                 if v is not None)
             lines.append(
                 f"| {MODELS[model]} | {backend} | {settings} | {r['train_images_per_s']:.0f} | "
                 f"{_fmt(r.get('ratio_to_yardstick'), '.2f')} | {_fmt(r['fraction_of_matmul_peak'] and 100 * r['fraction_of_matmul_peak'], '.0f')} | "

@@ -201,7 +201,8 @@ class KerasSession(_Session):
         for weight, value in zip(model.weights, initial):  # undo the BatchNorm moving-average update
             weight.assign(value)
         settings = _compile_kwargs(spec, backend)
-        self.result["settings"] = dict(settings, devices=devices)
+        self.result["settings"] = dict(settings)
+        self.result["devices"] = devices
         model.compile(optimizer=keras.optimizers.Adam(spec["learning_rate"], epsilon=1e-8), loss=loss_fn, **settings)
         self.model = model
         self.batches = _in_memory_pipeline(self.x, self.y, self.batch)

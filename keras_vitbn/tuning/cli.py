@@ -66,7 +66,7 @@ def config_from_cli(argv):
     defaults = {**PRESETS[known.preset], "validation_split": 0.1}
     args = _parser(known.preset).parse_args(argv)
     for name in UNSUPPORTED:
-        if getattr(args, name, None) not in (None, False, "none"):
+        if getattr(args, name, None) not in (None, False, "none", "auto"):
             raise ValueError(f"--{name} is not supported by the search")
     if args.learning_rate is not None:
         raise ValueError("the learning rate is what the search chooses: give its range with --lr-min/--lr-max, "
