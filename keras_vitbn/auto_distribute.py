@@ -7,7 +7,8 @@ halves run side by side and keep the cores busier. Measured on a 2-core CPU
 578-583 vs 717-792, depth 3 1260-1320 vs 1497-1584, depth 1 mixed; the MLP
 baselines half as fast on two. Results are the same: the batch stays global,
 BatchNorm statistics are reduced over all of it by XLA, and the first losses
-of a seeded run agree to float32 rounding.
+of a seeded run agree to float32 rounding. The cost is memory: each device
+keeps its own step buffers (peak RSS 4.6 instead of 2.5 GiB at depth 6).
 
 Two steps, because XLA fixes its device count when JAX starts:
 - `request_cpu_devices(model, depth)` adds `--xla_force_host_platform_device_count`
