@@ -153,7 +153,7 @@ class TrainConfig:
         values = self.to_dict()
         for key in ("output_dir", "epochs", "mlflow"):
             values.pop(key)
-        if values["distribute"] == "none":  # the same results as the default (None), the same run
+        if values["distribute"] == "none":  # the default (None) computes the same: the same run
             values["distribute"] = None
         return values
 
