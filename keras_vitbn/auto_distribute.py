@@ -33,11 +33,9 @@ DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
 def worth_it(model, depth):
     """Whether data parallelism over CPU devices was measured faster for this model."""
-    from keras_vitbn.models.registry import VARIANTS
+    from keras_vitbn.models.registry import is_vit
 
-    if model not in VARIANTS or VARIANTS[model][0].__name__ == "DNN":
-        return False
-    return depth is not None and int(depth) >= MIN_DEPTH
+    return is_vit(model) and depth is not None and int(depth) >= MIN_DEPTH
 
 
 def _cores():
@@ -89,7 +87,7 @@ def choose(config, train_images, eval_sizes):
         return None, f"JAX runs on {jax.default_backend()} in {jax.process_count()} process(es)"
     devices = jax.local_device_count()
     if devices < 2:
-        return None, "one CPU device (start with XLA_FLAGS=--xla_force_host_platform_device_count=2)"
+        return None, f"one CPU device (start with XLA_FLAGS={DEVICE_COUNT_FLAG}={CPU_DEVICES})"
     uneven = [n for n in (config.batch_size, *eval_sizes) if n % devices]
     if uneven or train_images % config.batch_size:
         return None, (

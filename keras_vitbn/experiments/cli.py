@@ -129,7 +129,9 @@ def main(argv=None):
     if cfg.distribute is None:  # before any run starts JAX: the ViT runs that gain from it go data parallel
         from keras_vitbn import auto_distribute
 
-        any(auto_distribute.request_cpu_devices(m, d) for m in cfg.models for d in cfg.depths)
+        for model in cfg.models:
+            for depth in cfg.depths:
+                auto_distribute.request_cpu_devices(model, depth)  # sets the flag once, for the first that gains
     command = f"KERAS_BACKEND={backend} python -m keras_vitbn.experiments {shlex.join(argv)}"
     t0 = time.time()
     records = run_experiment(

@@ -17,6 +17,11 @@ VARIANTS = {
 }
 
 
+def is_vit(name):
+    """Whether `name` is a registered ViT variant (its depth is the encoder's, not hidden layers)."""
+    return name in VARIANTS and VARIANTS[name][0] is ViT
+
+
 def list_models():
     """Names accepted by `create_model`."""
     return sorted(VARIANTS)

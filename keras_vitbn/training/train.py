@@ -32,6 +32,7 @@ from keras_vitbn import auto_distribute
 from keras_vitbn.data import augment as augment_lib
 from keras_vitbn.data import datasets
 from keras_vitbn.files import read_json, write_json
+from keras_vitbn.models.registry import is_vit
 from keras_vitbn.training import callbacks as cbs
 from keras_vitbn.training.config import TrainConfig
 
@@ -134,13 +135,6 @@ def _even_batch_size(size, replicas):
     )
 
 
-def _is_vit(name):
-    from keras_vitbn.models.registry import VARIANTS
-
-    cls = VARIANTS[name][0] if name in VARIANTS else None
-    return cls is not None and cls.__name__ != "DNN"
-
-
 def build_model(config, image_shape=None, num_classes=None):
     """The config's model (not compiled), sized for the dataset.
 
@@ -162,7 +156,7 @@ def build_model(config, image_shape=None, num_classes=None):
     overrides.setdefault("channels", channels)
     overrides.setdefault("num_classes", num_classes)
     if config.depth is not None:
-        if _is_vit(config.model):
+        if is_vit(config.model):
             overrides["depth"] = config.depth
         elif "hidden_units" not in overrides:
             overrides["hidden_units"] = [100] * config.depth
@@ -329,7 +323,7 @@ def train(config, callbacks=None, overwrite=False, verbose="auto", command=None)
     with scope as dist:
         if dist is not None:
             dist.per_replica_batch_size(config.batch_size)  # fails fast on a batch that does not split
-            _say(dist.describe() + (f" ({automatic})" if mode and automatic else ""))
+            _say(dist.describe() + (f" ({automatic})" if automatic else ""))
         train_ds, val_ds, test_ds, test_aug_ds, provenance = load_data(config, dist, splits)
         if provenance.get("warning"):
             print(f"\n{'!' * 78}\n[keras_vitbn] WARNING: {provenance['warning']}\n{'!' * 78}\n", flush=True)
