@@ -55,36 +55,60 @@ def fit_settings(backend=None):
     return dict(FIT_SETTINGS[backend])
 
 
-def fused_attention_is_faster(tensor=None):
-    """Whether `keras.ops.dot_product_attention` beats plain matrix products here.
+ATTENTION_KERNELS = ("fused", "matmul", "xla_cpu")
 
-    Both forms compute the same function; which is faster depends on the backend
-    and device (ViT, depth 6, 17 tokens, batch 100, interleaved A/Bs on a 2-core CPU):
-    - JAX: the fused form (617 vs 594 images/s, ViT). XLA fuses either form.
-    - TensorFlow on the CPU: plain matrix products (ViT 949 -> 983 images/s, faster
-      in 6 of 7 windows; ViTBNFFN 896 -> 911). In the profile, XLA ran the fused
-      form's products in its own dot loops, a quarter of the step's op time; as
-      `matmul`s they run in oneDNN, like the model's other matrix products.
-    - torch on the CPU: plain matrix products. `scaled_dot_product_attention`
-      picks PyTorch's CPU flash-attention kernel there, which made a ViTBNFFN
-      training step 1.3x slower (455 vs 586 images/s).
-    - torch or TensorFlow with a GPU: the fused form.
+
+def attention_kernel(tensor=None):
+    """Which form of the same attention math is fastest here (see `ATTENTION_KERNELS`).
+
+    - `fused`: `keras.ops.dot_product_attention`. On a GPU (every backend).
+    - `xla_cpu`: plain matrix products with a hand-written gradient, under XLA on
+      the CPU (JAX; TensorFlow inside `jit_compile=True`). XLA ran the two
+      gradient products that contract over the tokens axis 3-4x slower than the
+      others; written as a multiply-sum they are 2-3x faster. ViT, depth 6, batch
+      100, fit epochs alternated in one process, median images/s of 8:
+      JAX 954 (fused) -> 1102; TensorFlow 1417 (matmul) -> 1537.
+    - `matmul`: plain matrix products, autodiff. torch on the CPU, where
+      `scaled_dot_product_attention` picks PyTorch's CPU flash-attention kernel
+      (a ViTBNFFN training step 1.3x slower: 455 vs 586 images/s), and
+      TensorFlow on the CPU without XLA, where the multiply-sum would not be fused.
+      (TensorFlow's XLA had run the fused form's products in its own dot loops,
+      a quarter of the step: ViT 949 -> 983 images/s as plain matmuls.)
 
     Args:
         tensor: the attention's input, whose device decides on torch; None means
             where the torch backend puts new tensors.
+
+    Returns:
+        str, one of `ATTENTION_KERNELS`.
     """
     import keras
 
     backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return "xla_cpu" if jax.default_backend() == "cpu" else "fused"
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return bool(tf.config.list_logical_devices("GPU"))
+        if tf.config.list_logical_devices("GPU"):
+            return "fused"
+        return "xla_cpu" if _tracing_for_xla() else "matmul"
     if backend != "torch":
-        return True
+        return "fused"
     device = getattr(tensor if tensor is not None else keras.ops.zeros(()), "device", None)
-    return getattr(device, "type", "cpu") != "cpu"
+    return "matmul" if getattr(device, "type", "cpu") == "cpu" else "fused"
+
+
+def _tracing_for_xla():
+    """Whether TensorFlow is tracing a `tf.function(jit_compile=True)` right now."""
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util  # no public API tells
+
+    return not tf.executing_eagerly() and control_flow_util.GraphOrParentsInXlaContext(
+        tf.compat.v1.get_default_graph()
+    )
 
 
 def thread_environment(threads):

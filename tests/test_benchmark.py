@@ -43,19 +43,30 @@ def test_fit_settings_compile_and_train(tmp_path):
     assert np.isfinite(history.history["loss"][0])
 
 
-def test_fused_attention_choice():
+def test_attention_kernel_choice():
     x = keras.ops.zeros((2, 3))
-    if keras.backend.backend() == "torch":
+    backend = keras.backend.backend()
+    if backend == "torch":
         # dot_product_attention on a GPU; plain matrix products on the CPU.
-        assert performance.fused_attention_is_faster(x) is (x.device.type != "cpu")
-        assert performance.fused_attention_is_faster() is (x.device.type != "cpu")
-    elif keras.backend.backend() == "tensorflow":
+        expected = "matmul" if x.device.type == "cpu" else "fused"
+        assert performance.attention_kernel(x) == expected
+        assert performance.attention_kernel() == expected
+    elif backend == "tensorflow":
         import tensorflow as tf
 
-        # dot_product_attention with a GPU; plain matrix products (oneDNN) on the CPU.
-        assert performance.fused_attention_is_faster(x) is bool(tf.config.list_logical_devices("GPU"))
+        # dot_product_attention with a GPU; on the CPU plain matrix products, with
+        # the hand-written gradient only where XLA compiles the trace.
+        gpu = bool(tf.config.list_logical_devices("GPU"))
+        assert performance.attention_kernel(x) == ("fused" if gpu else "matmul")
+        for jit, on_cpu in ((True, "xla_cpu"), (False, "matmul")):
+            seen = []
+            traced = tf.function(lambda t: seen.append(performance.attention_kernel(t)) or t, jit_compile=jit)
+            traced(x)
+            assert seen == ["fused" if gpu else on_cpu], jit
     else:
-        assert performance.fused_attention_is_faster(x) is True
+        import jax
+
+        assert performance.attention_kernel(x) == ("xla_cpu" if jax.default_backend() == "cpu" else "fused")
 
 
 def test_flop_count_of_the_article_model():

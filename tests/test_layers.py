@@ -4,7 +4,8 @@ import pytest
 
 from keras_vitbn.layers import attention
 from keras_vitbn.layers import AttentionBlock, Encoder, FeedForward, PatchEmbedding, TokenPooling
-from tests.testing import run_layer_test
+from keras_vitbn.performance import ATTENTION_KERNELS
+from tests.testing import gradients, run_layer_test
 
 
 @pytest.mark.parametrize(
@@ -66,10 +67,10 @@ def test_attention_block(norm, trainable, tmp_path):
     )
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["dot_product_attention", "matmul"])
-def test_attention_matches_explicit_softmax(fused, monkeypatch):
-    # Both attention paths (the one not picked on this backend and machine too).
-    monkeypatch.setattr(attention, "fused_attention_is_faster", lambda tensor: fused)
+@pytest.mark.parametrize("kernel", ATTENTION_KERNELS)
+def test_attention_matches_explicit_softmax(kernel, monkeypatch):
+    # Every attention form (those not picked on this backend and machine too).
+    monkeypatch.setattr(attention, "attention_kernel", lambda tensor: kernel)
     block = AttentionBlock(dim=8, heads=2, dim_head=4, norm="none")
     x = np.random.default_rng(1).normal(size=(2, 5, 8)).astype("float32")
     out = keras.ops.convert_to_numpy(block(x))
@@ -81,6 +82,20 @@ def test_attention_matches_explicit_softmax(fused, monkeypatch):
     heads = (weights @ v).transpose(0, 2, 1, 3).reshape(2, 5, 8)
     expected = x + heads @ keras.ops.convert_to_numpy(block.out.kernel) + keras.ops.convert_to_numpy(block.out.bias)
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("xla", [False, True], ids=["traced", "xla"])
+def test_xla_cpu_attention_gradient_matches_autodiff(xla):
+    # The hand-written gradient against autodiff of the same math as plain matmuls,
+    # for q, k and v, with an upstream gradient that is not all ones.
+    rng = np.random.default_rng(2)
+    q, k, v = (rng.normal(size=(3, 7, 2, 4)).astype("float32") for _ in range(3))
+    upstream = keras.ops.convert_to_tensor(rng.normal(size=(3, 7, 2, 4)).astype("float32"))
+    expected = gradients(lambda *a: attention._attention(*a, 0.5) * upstream, (q, k, v), xla=xla)
+    got = gradients(lambda *a: attention._attention_xla_cpu(*a, 0.5) * upstream, (q, k, v), xla=xla)
+    for name, e, g in zip("qkv", expected, got):
+        assert np.abs(e).max() > 1e-3, f"d{name} is zero: the test would not see a wrong gradient"
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
 
 
 @pytest.mark.parametrize(
@@ -158,12 +173,12 @@ def test_attention_path_on_real_inputs(monkeypatch):
 
     chosen = []
     monkeypatch.setattr(
-        attention, "fused_attention_is_faster", lambda t: chosen.append(performance.fused_attention_is_faster(t)) or chosen[-1]
+        attention, "attention_kernel", lambda t: chosen.append(performance.attention_kernel(t)) or chosen[-1]
     )
     model = create_model("vit_bnffn", depth=1, dim=16, heads=2, dim_head=8, mlp_dim=32)
     chosen.clear()
     model(np.zeros((2, 28, 28, 1), "float32"), training=True)
-    expected = performance.fused_attention_is_faster(keras.ops.zeros((1,)))
+    expected = performance.attention_kernel(keras.ops.zeros((1,)))
     assert chosen == [expected]
     if keras.backend.backend() == "torch" and keras.ops.zeros((1,)).device.type == "cpu":
-        assert chosen == [False]
+        assert chosen == ["matmul"]

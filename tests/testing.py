@@ -18,6 +18,36 @@ def _as_numpy(x):
     return keras.ops.convert_to_numpy(x)
 
 
+def gradients(fn, inputs, xla=False):
+    """d sum(fn(*inputs)) / d inputs as numpy arrays, on the current backend.
+
+    `xla=True` traces on TensorFlow inside `tf.function(jit_compile=True)` (JAX
+    always compiles with XLA; torch has no XLA).
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        def grad(*xs):
+            with tf.GradientTape() as tape:
+                tape.watch(xs)
+                total = tf.reduce_sum(fn(*xs))
+            return tape.gradient(total, xs)
+
+        grad = tf.function(grad, jit_compile=True) if xla else grad
+        return [g.numpy() for g in grad(*(tf.constant(x) for x in inputs))]
+    if backend == "jax":
+        import jax
+
+        total = lambda *xs: fn(*xs).sum()
+        return [np.asarray(g) for g in jax.jit(jax.grad(total, argnums=tuple(range(len(inputs)))))(*inputs)]
+    import torch
+
+    xs = [torch.tensor(x, requires_grad=True) for x in inputs]
+    fn(*xs).sum().backward()
+    return [x.grad.numpy() for x in xs]
+
+
 def assert_fit_step_changes_weights(model, x, y, loss):
     """One `fit` step runs and moves every trainable weight that gets a gradient."""
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss)
