@@ -68,6 +68,20 @@ def test_zoom_out_eager_on_backend_and_serializes():
     np.testing.assert_array_equal(y_eval, square_images(8))
 
 
+def test_zoom_out_resamples_only_the_chosen_images():
+    # Only the chosen images are filtered and resampled (a gather and a scatter): each
+    # must come out as when every image is zoomed with the same draws, the rest untouched.
+    x = square_images(16)
+    half = keras.ops.convert_to_numpy(RandomZoomOut((2.0, 3.0), rate=0.5, seed=5)(x))
+    every = keras.ops.convert_to_numpy(RandomZoomOut((2.0, 3.0), rate=1.0, seed=5)(x))
+    chosen = np.abs(half - x).reshape(len(x), -1).max(axis=1) > 0
+    assert 0 < chosen.sum() < len(x)
+    np.testing.assert_allclose(half[chosen], every[chosen], atol=1e-6)
+    np.testing.assert_array_equal(half[~chosen], x[~chosen])
+    none_chosen = RandomZoomOut((2.0, 3.0), rate=1e-9, seed=5)(x)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(none_chosen), x)
+
+
 def test_same_seed_same_images():
     x = square_images(64)
     a = run_in_tf_data(augmentation("article", seed=7), x)

@@ -114,6 +114,30 @@ class RandomZoomOut(_DataLayer):
         images = ops.nn.depthwise_conv(images, column, 1, padding="same", data_format="channels_last")
         return ops.nn.depthwise_conv(images, row, 1, padding="same", data_format="channels_last")
 
+    def _zoom_out(self, images, chosen, factor, transform):
+        """`images` with those at indices `chosen` zoomed out."""
+        ops = self.backend
+        lo, hi = self.factor
+        source = ops.numpy.take(images, chosen, axis=0)
+        factor = ops.numpy.take(factor, chosen, axis=0)
+        if self.antialias:
+            # Blend triangle filters of integer widths with hat weights (they sum to 1).
+            unfiltered, source = source, None
+            for width_k in range(int(math.floor(lo)), int(math.ceil(hi)) + 1):
+                weight = ops.numpy.maximum(0.0, 1.0 - ops.numpy.abs(factor - width_k))
+                term = ops.numpy.reshape(ops.cast(weight, self.compute_dtype), (-1, 1, 1, 1))
+                term = term * self._blur(unfiltered, width_k)
+                source = term if source is None else source + term
+        zoomed = ops.image.affine_transform(
+            source,
+            ops.cast(ops.numpy.take(transform, chosen, axis=0), "float32"),
+            interpolation=self.interpolation,
+            fill_mode="constant",
+            fill_value=self.fill_value,
+            data_format="channels_last",
+        )
+        return ops.core.scatter_update(images, ops.numpy.expand_dims(chosen, -1), zoomed)
+
     def call(self, inputs, training=True):
         ops = self.backend
         images = ops.cast(inputs, self.compute_dtype)
@@ -149,24 +173,15 @@ class RandomZoomOut(_DataLayer):
             ],
             axis=1,
         )
-        source = images
-        if self.antialias:
-            # Blend triangle filters of integer widths with hat weights (they sum to 1).
-            source = None
-            for width_k in range(int(math.floor(lo)), int(math.ceil(hi)) + 1):
-                weight = ops.numpy.maximum(0.0, 1.0 - ops.numpy.abs(factor - width_k))
-                term = ops.numpy.reshape(ops.cast(weight, self.compute_dtype), (-1, 1, 1, 1))
-                term = term * self._blur(images, width_k)
-                source = term if source is None else source + term
-        zoomed = ops.image.affine_transform(
-            source,
-            ops.cast(transform, "float32"),
-            interpolation=self.interpolation,
-            fill_mode="constant",
-            fill_value=self.fill_value,
-            data_format="channels_last",
-        )
-        outputs = ops.numpy.where(ops.numpy.reshape(apply, (-1, 1, 1, 1)), zoomed, images)
+        # Only the chosen images (a `rate` share) are filtered and resampled; the
+        # others pass through. The draws above are made for every image, so the
+        # result does not depend on this shortcut.
+        chosen = ops.numpy.nonzero(apply)[0]
+        count = ops.shape(chosen)[0]  # a tensor when traced (tf.data), where no images is fine
+        if isinstance(count, int) and count == 0:  # eager torch cannot resample no images
+            outputs = images
+        else:
+            outputs = self._zoom_out(images, chosen, factor, transform)
         if unbatched:
             outputs = ops.numpy.squeeze(outputs, 0)
         return outputs
