@@ -87,13 +87,14 @@ def test_attention_matches_explicit_softmax(kernel, monkeypatch):
 @pytest.mark.parametrize("xla", [False, True], ids=["traced", "xla"])
 def test_xla_cpu_attention_gradient_matches_autodiff(xla):
     # The hand-written gradient against autodiff of the same math as plain matmuls,
-    # for q, k and v, with an upstream gradient that is not all ones.
+    # for the q, k and v parts of the projection, with an upstream gradient that is not all ones.
     rng = np.random.default_rng(2)
-    q, k, v = (rng.normal(size=(3, 7, 2, 4)).astype("float32") for _ in range(3))
-    upstream = keras.ops.convert_to_tensor(rng.normal(size=(3, 7, 2, 4)).astype("float32"))
-    expected = gradients(lambda *a: attention._attention(*a, 0.5) * upstream, (q, k, v), xla=xla)
-    got = gradients(lambda *a: attention._attention_xla_cpu(*a, 0.5) * upstream, (q, k, v), xla=xla)
-    for name, e, g in zip("qkv", expected, got):
+    qkv = rng.normal(size=(3, 7, 3 * 2 * 4)).astype("float32")  # 2 heads of width 4
+    upstream = keras.ops.convert_to_tensor(rng.normal(size=(3, 7, 2 * 4)).astype("float32"))
+    (expected,) = gradients(lambda t: attention._matmul_attention(t, 2, 0.5) * upstream, (qkv,), xla=xla)
+    (got,) = gradients(lambda t: attention._xla_cpu_attention(t, 2, 0.5) * upstream, (qkv,), xla=xla)
+    for name, part in zip("qkv", range(3)):
+        e, g = (a[..., part * 8 : (part + 1) * 8] for a in (expected, got))
         assert np.abs(e).max() > 1e-3, f"d{name} is zero: the test would not see a wrong gradient"
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
 

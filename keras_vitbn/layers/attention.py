@@ -6,17 +6,42 @@ from keras_vitbn.layers.norms import check_norm, make_norm
 from keras_vitbn.layers.validation import check_positive, check_rate
 from keras_vitbn.performance import attention_kernel
 
+# Every form maps the fused projection (batch, tokens, 3 x heads x dim_head) to the
+# heads' outputs side by side (batch, tokens, heads x dim_head); see `attention_kernel`.
 
-def _heads_first(q, k, v):
-    return (ops.transpose(t, (0, 2, 1, 3)) for t in (q, k, v))
+
+def _split_qkv(qkv, heads):
+    """Three (batch, tokens, heads, dim_head) tensors.
+
+    One split of the fused projection: its gradient is one concatenate on every
+    backend (an unstack's is three zero pads and a sum under XLA, index slices'
+    three zero-filled copies on torch).
+    """
+    batch, tokens = ops.shape(qkv)[0], ops.shape(qkv)[1]
+    return [ops.reshape(t, (batch, tokens, heads, -1)) for t in ops.split(qkv, 3, axis=-1)]
 
 
-def _attention(q, k, v, scale):
-    """softmax(q k^T * scale) v on (batch, tokens, heads, dim_head): the same math as
-    `ops.dot_product_attention`, as plain matrix products."""
-    q, k, v = _heads_first(q, k, v)
+def _heads_first(t):
+    return ops.transpose(t, (0, 2, 1, 3))
+
+
+def _merge_heads(t):
+    """(batch, heads, tokens, dim_head) -> (batch, tokens, heads x dim_head)."""
+    batch, heads, tokens, dim_head = ops.shape(t)
+    return ops.reshape(_heads_first(t), (batch, tokens, heads * dim_head))
+
+
+def _fused_attention(qkv, heads, scale):
+    q, k, v = _split_qkv(qkv, heads)
+    out = ops.dot_product_attention(q, k, v, scale=scale)
+    return ops.reshape(out, (ops.shape(qkv)[0], ops.shape(qkv)[1], -1))
+
+
+def _matmul_attention(qkv, heads, scale):
+    """softmax(q k^T * scale) v: the same math as `ops.dot_product_attention`, as plain matrix products."""
+    q, k, v = (_heads_first(t) for t in _split_qkv(qkv, heads))
     weights = ops.softmax(ops.matmul(q * scale, ops.swapaxes(k, -1, -2)), axis=-1)
-    return ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3))
+    return _merge_heads(ops.matmul(weights, v))
 
 
 def _transposed_matmul(a, b):
@@ -30,40 +55,42 @@ def _transposed_matmul(a, b):
     return ops.cast(ops.sum(product, axis=-3), a.dtype)
 
 
-def _attention_xla_cpu(q, k, v, scale):
-    """`_attention` with its gradient written out, for XLA on the CPU.
+def _xla_cpu_attention(qkv, heads, scale):
+    """`_matmul_attention` with its gradient written out, for XLA on the CPU.
 
-    Autodiff of `_attention` needs two products that contract over the tokens
-    axis (dk = ds^T q, dv = p^T do); XLA runs those slowly on the CPU, so they
-    are `_transposed_matmul`s here. Same values; only the gradient's program differs.
+    Autodiff needs two products that contract over the tokens axis (dk = ds^T q,
+    dv = p^T do); XLA runs those slowly on the CPU, so they are `_transposed_matmul`s
+    here. The gradient covers the split and the head transposes too, so XLA can
+    write the q/k/v gradients into the projection's gradient in one pass. Same
+    values; only the gradient's program differs.
     """
 
     @ops.custom_gradient
-    def attend(q, k, v):
+    def attend(qkv):
+        q, k, v = (_heads_first(t) for t in _split_qkv(qkv, heads))
         weights = ops.softmax(ops.matmul(q * scale, ops.swapaxes(k, -1, -2)), axis=-1)
 
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            d_weights = ops.matmul(upstream, ops.swapaxes(v, -1, -2))
+            batch, tokens = ops.shape(upstream)[0], ops.shape(upstream)[1]
+            d_out = _heads_first(ops.reshape(upstream, (batch, tokens, heads, -1)))
+            d_weights = ops.matmul(d_out, ops.swapaxes(v, -1, -2))
             # softmax gradient, then the scale of the scores
             d_scores = weights * (d_weights - ops.sum(d_weights * weights, axis=-1, keepdims=True)) * scale
-            return (
+            d_qkv = (
                 ops.matmul(d_scores, k),
                 _transposed_matmul(d_scores, q),
-                _transposed_matmul(weights, upstream),
+                _transposed_matmul(weights, d_out),
             )
+            return ops.concatenate([_merge_heads(g) for g in d_qkv], axis=-1)
 
-        return ops.matmul(weights, v), grad
+        return _merge_heads(ops.matmul(weights, v)), grad
 
-    return ops.transpose(attend(*_heads_first(q, k, v)), (0, 2, 1, 3))
+    return attend(qkv)
 
 
-_KERNELS = {
-    "fused": lambda q, k, v, scale: ops.dot_product_attention(q, k, v, scale=scale),
-    "matmul": _attention,
-    "xla_cpu": _attention_xla_cpu,
-}
+_KERNELS = {"fused": _fused_attention, "matmul": _matmul_attention, "xla_cpu": _xla_cpu_attention}
 
 
 def dropout_or_identity(rate, name, dtype):
@@ -122,15 +149,7 @@ class AttentionBlock(keras.layers.Layer):
     def call(self, x, training=None):
         h = self.pre_norm(x, training=training)
         qkv = self.qkv(h)
-        batch, tokens = ops.shape(qkv)[0], ops.shape(qkv)[1]
-        # One split of the fused projection: its gradient is one concatenate on every
-        # backend (an unstack's is three zero pads and a sum under XLA, index slices'
-        # three zero-filled copies on torch).
-        q, k, v = (
-            ops.reshape(t, (batch, tokens, self.heads, self.dim_head)) for t in ops.split(qkv, 3, axis=-1)
-        )
-        h = _KERNELS[attention_kernel(q)](q, k, v, self.dim_head**-0.5)
-        h = ops.reshape(h, (batch, tokens, self.inner_dim))
+        h = _KERNELS[attention_kernel(qkv)](qkv, self.heads, self.dim_head**-0.5)
         h = self.out_dropout(self.out(h), training=training)
         return x + h
 
