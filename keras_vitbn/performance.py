@@ -105,8 +105,11 @@ def attention_kernel(tensor=None):
 def _tracing_for_xla():
     """Whether TensorFlow is tracing a `tf.function(jit_compile=True)` right now."""
     import tensorflow as tf
-    from tensorflow.python.ops import control_flow_util  # no public API tells
 
+    try:
+        from tensorflow.python.ops import control_flow_util  # no public API tells
+    except ImportError:  # another TensorFlow layout: plain autodiff, the same values
+        return False
     return not tf.executing_eagerly() and control_flow_util.GraphOrParentsInXlaContext(
         tf.compat.v1.get_default_graph()
     )
