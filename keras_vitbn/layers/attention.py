@@ -17,8 +17,12 @@ def _split_qkv(qkv, heads):
     backend (an unstack's is three zero pads and a sum under XLA, index slices'
     three zero-filled copies on torch).
     """
-    batch, tokens = ops.shape(qkv)[0], ops.shape(qkv)[1]
-    return [ops.reshape(t, (batch, tokens, heads, -1)) for t in ops.split(qkv, 3, axis=-1)]
+    return [_split_heads(t, heads) for t in ops.split(qkv, 3, axis=-1)]
+
+
+def _split_heads(t, heads):
+    """(batch, tokens, heads x dim_head) -> (batch, tokens, heads, dim_head)."""
+    return ops.reshape(t, (ops.shape(t)[0], ops.shape(t)[1], heads, -1))
 
 
 def _heads_first(t):
@@ -37,10 +41,15 @@ def _fused_attention(qkv, heads, scale):
     return ops.reshape(out, (ops.shape(qkv)[0], ops.shape(qkv)[1], -1))
 
 
+def _weights(qkv, heads, scale):
+    """q, k, v as (batch, heads, tokens, dim_head) and softmax(q k^T * scale)."""
+    q, k, v = (_heads_first(t) for t in _split_qkv(qkv, heads))
+    return q, k, v, ops.softmax(ops.matmul(q * scale, ops.swapaxes(k, -1, -2)), axis=-1)
+
+
 def _matmul_attention(qkv, heads, scale):
     """softmax(q k^T * scale) v: the same math as `ops.dot_product_attention`, as plain matrix products."""
-    q, k, v = (_heads_first(t) for t in _split_qkv(qkv, heads))
-    weights = ops.softmax(ops.matmul(q * scale, ops.swapaxes(k, -1, -2)), axis=-1)
+    _, _, v, weights = _weights(qkv, heads, scale)
     return _merge_heads(ops.matmul(weights, v))
 
 
@@ -67,14 +76,12 @@ def _xla_cpu_attention(qkv, heads, scale):
 
     @ops.custom_gradient
     def attend(qkv):
-        q, k, v = (_heads_first(t) for t in _split_qkv(qkv, heads))
-        weights = ops.softmax(ops.matmul(q * scale, ops.swapaxes(k, -1, -2)), axis=-1)
+        q, k, v, weights = _weights(qkv, heads, scale)
 
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            batch, tokens = ops.shape(upstream)[0], ops.shape(upstream)[1]
-            d_out = _heads_first(ops.reshape(upstream, (batch, tokens, heads, -1)))
+            d_out = _heads_first(_split_heads(upstream, heads))
             d_weights = ops.matmul(d_out, ops.swapaxes(v, -1, -2))
             # softmax gradient, then the scale of the scores
             d_scores = weights * (d_weights - ops.sum(d_weights * weights, axis=-1, keepdims=True)) * scale
