@@ -2,6 +2,7 @@
 
     python -m keras_vitbn.benchmark                       # the article's configuration, all backends
     python -m keras_vitbn.benchmark --smoke               # a few steps at depth 1: a CI check
+    python -m keras_vitbn.benchmark.profile --backend tensorflow   # time per operation of one step
 
 For each model (ViTBNFFN and ViT by default, depth 6, batch 100, 28x28x1, Adam)
 and each backend, a subprocess (threads pinned, `KERAS_BACKEND` set) sets up

@@ -1,0 +1,103 @@
+"""The step profiler: real profiles of a tiny training run on the backend under test, and its op classification."""
+
+import json
+import os
+import re
+
+import keras
+import pytest
+
+from keras_vitbn.benchmark import op_table
+from keras_vitbn.benchmark.profile import build_parser, profile_training
+
+
+def test_profile_of_a_training_run(tmp_path, monkeypatch):
+    """A depth-1 ViTBNFFN, 3 traced steps, in a subprocess: the table adds up and names real operations."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    backend = keras.backend.backend()
+    out = tmp_path / "profile"
+    result = profile_training(model="vit_bnffn", depth=1, batch_size=8, steps=3, backend=backend, output=str(out))
+    assert (result["backend"], result["steps"], result["devices"]) == (backend, 3, 1)
+    assert result == json.loads((out / "ops.json").read_text())
+    assert os.listdir(result["trace"]), "no raw trace written"
+    rows = result["ops"]
+    assert rows and all(r["ms_per_step"] > 0 and r["calls_per_step"] > 0 for r in rows)
+    assert [r["ms_per_step"] for r in rows] == sorted((r["ms_per_step"] for r in rows), reverse=True)
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+    assert sum(result["kinds"].values()) == pytest.approx(sum(r["ms_per_step"] for r in rows))
+    # Every step multiplies matrices: the patch projection, q/k/v, the FFN, and their gradients.
+    assert result["kinds"]["matmul"] > 0
+    matmuls = [r for r in rows if r["kind"] == "matmul"]
+    if backend == "torch":
+        assert {r["op"] for r in matmuls} & {"aten::mm", "aten::addmm", "aten::bmm", "aten::matmul"}
+    else:
+        # Matched with the dumped HLO: every row has its output shape, none is a guess.
+        assert result["hlo"] and os.path.isfile(result["hlo"])
+        assert "guessed" not in result["source"]
+        assert all(re.match(r"([a-z]+[0-9]*\[|\(\d+ arrays\))", r["shape"]) for r in rows), rows
+        # The q/k/v projection: (batch x tokens, 3 x heads x dim_head) = (8 x 17, 1536), as 2 or 3 dimensions.
+        assert any("1536]" in r["shape"] for r in matmuls), [r["shape"] for r in matmuls]
+    table = (out / "ops.md").read_text()
+    assert "| matmul |" in table and f"{backend}" in table.splitlines()[0]
+    # A finished profile is never overwritten.
+    with pytest.raises(FileExistsError, match="already holds a profile"):
+        profile_training(model="vit_bnffn", depth=1, batch_size=8, steps=3, backend=backend, output=str(out))
+    assert json.loads((out / "ops.json").read_text()) == result
+
+
+def test_bad_profile_arguments_raise(tmp_path):
+    with pytest.raises(ValueError, match="unknown backend 'mxnet'"):
+        profile_training(backend="mxnet", output=str(tmp_path))
+    with pytest.raises(ValueError, match="unknown distribute 'all'"):
+        profile_training(distribute="all", output=str(tmp_path))
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+        profile_training(model="resnet", output=str(tmp_path))
+    with pytest.raises(ValueError, match="steps and batch_size must be positive"):
+        profile_training(steps=0, output=str(tmp_path))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--model", "resnet"])
+
+
+def test_hlo_kinds_of_a_compiled_function():
+    """XLA's own optimised HLO (TensorFlow ships with every backend): a dot, a reduction, a transpose copy."""
+    import tensorflow as tf
+
+    def f(a, b):
+        product = tf.matmul(a, b)  # dot
+        return product, tf.reduce_sum(tf.exp(a), axis=0), tf.transpose(b) * 1.0  # reduction, layout
+
+    a, b = tf.ones((64, 32)), tf.ones((32, 48))
+    hlo = tf.function(f, jit_compile=True).experimental_get_compiler_ir(a, b)(stage="optimized_hlo")
+    instructions = op_table.parse_hlo(hlo)
+    kinds = {info["kind"] for info in instructions.values()}
+    assert {"matmul", "reduction"} <= kinds, instructions
+    dots = [info for info in instructions.values() if info["kind"] == "matmul"]
+    assert any(info["shape"] == "f32[64,48]" for info in dots), dots
+    assert all(info["kind"] in (*op_table.KINDS, None) for info in instructions.values())
+
+
+@pytest.mark.parametrize(
+    "name, kind",
+    [
+        ("aten::addmm", "matmul"), ("aten::mm", "matmul"), ("aten::bmm", "matmul"), ("aten::linear", "matmul"),
+        ("aten::sum", "reduction"), ("aten::native_layer_norm_backward", "reduction"), ("aten::_softmax", "reduction"),
+        ("aten::_to_copy", "layout"), ("aten::transpose", "layout"), ("aten::t", "layout"), ("aten::cat", "layout"),
+        ("aten::mul", "elementwise"), ("aten::gelu_backward", "elementwise"), ("aten::add_", "elementwise"),
+        ("Optimizer.step#Adam.step", "other"),
+    ],
+)
+def test_torch_op_kinds(name, kind):
+    assert op_table.torch_kind(name) == kind
+
+
+def test_summary_groups_per_step():
+    table = {
+        ("matmul", "dot", "f32[4,4]"): [{"dot.1", "dot.2"}, 4, 8e6],
+        ("layout", "copy", "f32[4,4]"): [{"copy.3"}, 2, 2e6],
+    }
+    rows, kinds = op_table.summarize(table, steps=2)
+    assert [(r["op"], r["instructions"], r["calls_per_step"], r["ms_per_step"]) for r in rows] == [
+        ("dot", 2, 2.0, 4.0), ("copy", 1, 1.0, 1.0)
+    ]
+    assert kinds == {"matmul": 4.0, "layout": 1.0}
+    assert rows[0]["share"] == pytest.approx(0.8)
