@@ -8,10 +8,10 @@ import keras
 import pytest
 
 from keras_vitbn.benchmark import op_table
-from keras_vitbn.benchmark.profile import build_parser, profile_training
+from keras_vitbn.benchmark.profile import build_parser, load_profile, main, profile_training
 
 
-def test_profile_of_a_training_run(tmp_path, monkeypatch):
+def test_profile_of_a_training_run(tmp_path, monkeypatch, capsys):
     """A depth-1 ViTBNFFN, 3 traced steps, in a subprocess: the table adds up and names real operations."""
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     backend = keras.backend.backend()
@@ -43,6 +43,15 @@ def test_profile_of_a_training_run(tmp_path, monkeypatch):
     with pytest.raises(FileExistsError, match="already holds a profile"):
         profile_training(model="vit_bnffn", depth=1, batch_size=8, steps=3, backend=backend, output=str(out))
     assert json.loads((out / "ops.json").read_text()) == result
+    # ViT -> ViTBNFFN: the comparison of two real profiles adds up.
+    vit = profile_training(model="vit", depth=1, batch_size=8, steps=3, backend=backend, output=str(tmp_path / "vit"))
+    kind_rows, op_rows = op_table.compare(vit, load_profile(str(out)))
+    assert sum(b - a for _, a, b in kind_rows) == pytest.approx(sum(r["change"] for r in op_rows))
+    assert sum(b for _, _, b in kind_rows) == pytest.approx(sum(result["kinds"].values()))
+    assert [abs(r["change"]) for r in op_rows] == sorted((abs(r["change"]) for r in op_rows), reverse=True)
+    assert main(["--compare", str(tmp_path / "vit"), str(out / "ops.json")]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header == f"# vit d1 {backend} -> vit_bnffn d1 {backend}: ms per training step"
 
 
 def test_bad_profile_arguments_raise(tmp_path):
@@ -56,6 +65,8 @@ def test_bad_profile_arguments_raise(tmp_path):
         profile_training(steps=0, output=str(tmp_path))
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--model", "resnet"])
+    with pytest.raises(FileNotFoundError, match="no profile at"):
+        load_profile(str(tmp_path / "missing"))
 
 
 def test_hlo_kinds_of_a_compiled_function():
@@ -101,3 +112,25 @@ def test_summary_groups_per_step():
     ]
     assert kinds == {"matmul": 4.0, "layout": 1.0}
     assert rows[0]["share"] == pytest.approx(0.8)
+
+
+def test_comparison_of_two_profiles():
+    def profile(model, kinds, ops):
+        rows = [{"kind": k, "op": op, "shape": shape, "ms_per_step": ms} for k, op, shape, ms in ops]
+        return {"model": model, "depth": 6, "backend": "jax", "kinds": kinds, "ops": rows, "wall_ms_per_step": 9.0}
+
+    first = profile(
+        "vit", {"matmul": 5.0, "layout": 1.0}, [("matmul", "dot", "f32[2]", 5.0), ("layout", "copy", "f32[2]", 1.0)]
+    )
+    second = profile(
+        "vit_bnffn", {"matmul": 5.5, "reduction": 2.0},
+        [("matmul", "dot", "f32[2]", 5.5), ("reduction", "reduce", "f32[3]", 2.0)],
+    )
+    kind_rows, op_rows = op_table.compare(first, second)
+    assert kind_rows == [("matmul", 5.0, 5.5), ("reduction", 0.0, 2.0), ("layout", 1.0, 0.0)]
+    assert [(r["op"], r["first"], r["second"], r["change"]) for r in op_rows] == [
+        ("reduce", 0.0, 2.0, 2.0), ("copy", 1.0, 0.0, -1.0), ("dot", 5.0, 5.5, 0.5)
+    ]
+    text = op_table.format_comparison(first, second)
+    assert "| all operations | 6.00 | 7.50 | +1.50 |" in text
+    assert "vit d6 jax (first)" in op_table.format_comparison(first, first)

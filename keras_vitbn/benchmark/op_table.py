@@ -241,3 +241,53 @@ def format_markdown(result, top=25):
             f"{row['calls_per_step']:.1f} | {row['ms_per_step']:.3f} | {100 * row['share']:.1f}% |"
         )
     return "\n".join(lines) + "\n"
+
+
+def compare(first, second):
+    """What changed from one profile (ops.json dict) to another, in ms per step, largest change first."""
+    kinds = sorted(set(first["kinds"]) | set(second["kinds"]), key=KINDS.index)
+    kind_rows = [(k, first["kinds"].get(k, 0.0), second["kinds"].get(k, 0.0)) for k in kinds]
+    ops = {}
+    for which, result in enumerate((first, second)):
+        for row in result["ops"]:
+            ops.setdefault((row["kind"], row["op"], row["shape"]), [0.0, 0.0])[which] += row["ms_per_step"]
+    op_rows = [
+        {"kind": k, "op": op, "shape": shape, "first": a, "second": b, "change": b - a}
+        for (k, op, shape), (a, b) in ops.items()
+    ]
+    op_rows.sort(key=lambda r: -abs(r["change"]))
+    return kind_rows, op_rows
+
+
+def _label(result):
+    return f"{result['model']} d{result['depth']} {result['backend']}"
+
+
+def format_comparison(first, second, top=25):
+    """`compare` as Markdown: per kind, then the operation groups that changed most."""
+    kind_rows, op_rows = compare(first, second)
+    a, b = _label(first), _label(second)
+    if a == b:
+        a, b = f"{a} (first)", f"{b} (second)"
+    total_a, total_b = sum(r[1] for r in kind_rows), sum(r[2] for r in kind_rows)
+    lines = [
+        f"# {a} -> {b}: ms per training step",
+        "",
+        f"| kind | {a} | {b} | change |",
+        "|---|---|---|---|",
+        *(f"| {k} | {x:.2f} | {y:.2f} | {y - x:+.2f} |" for k, x, y in kind_rows),
+        f"| all operations | {total_a:.2f} | {total_b:.2f} | {total_b - total_a:+.2f} |",
+        f"| traced wall time | {first['wall_ms_per_step']:.2f} | {second['wall_ms_per_step']:.2f} | "
+        f"{second['wall_ms_per_step'] - first['wall_ms_per_step']:+.2f} |",
+        "",
+        f"The {min(top, len(op_rows))} operation groups that changed most (0 where a profile has none):",
+        "",
+        f"| kind | operation | output shape | {a} | {b} | change |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in op_rows[:top]:
+        lines.append(
+            f"| {r['kind']} | `{r['op']}` | {r['shape'] and '`' + r['shape'] + '`'} | {r['first']:.3f} | "
+            f"{r['second']:.3f} | {r['change']:+.3f} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -2,6 +2,7 @@
 
     python -m keras_vitbn.benchmark.profile --backend tensorflow --model vit --depth 6
     python -m keras_vitbn.benchmark.profile --backend torch --model vit_bnffn --steps 10
+    python -m keras_vitbn.benchmark.profile --compare runs/profile/A runs/profile/B   # what changed
 
 Trains the model with the trainers' settings (`performance.fit_settings`, and on
 JAX the trainers' device default) in a fresh subprocess on random images,
@@ -17,8 +18,10 @@ existing profile is never overwritten):
 - `hlo/` (TensorFlow and JAX): the HLO XLA compiled, which names each
   operation's output shape and lets the table tell a matmul fusion from a copy.
 
-The profiler slows the step a little; compare kinds and operations within a
-profile, and take speeds from `python -m keras_vitbn.benchmark`.
+`--compare FIRST SECOND` prints what changed between two finished profiles
+(e.g. ViT -> ViTBNFFN: what the BatchNorm FFN costs, operation by operation).
+The profiler slows the step a little; compare kinds and operations, and take
+speeds from `python -m keras_vitbn.benchmark`.
 """
 
 import argparse
@@ -91,6 +94,15 @@ def profile_training(
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
         raise RuntimeError(f"the profiling subprocess ({backend}) failed with status {done.returncode}:\n{tail}")
     with open(os.path.join(output, "ops.json")) as f:
+        return json.load(f)
+
+
+def load_profile(path):
+    """A finished profile's result: `path` is its folder or its ops.json."""
+    file = os.path.join(path, "ops.json") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"no profile at {path}: give a folder written by keras_vitbn.benchmark.profile")
+    with open(file) as f:
         return json.load(f)
 
 
@@ -202,6 +214,10 @@ def build_parser():
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--top", type=int, default=25, help="operation groups in the printed table")
     parser.add_argument("--output", default=None, help="a new folder (default runs/profile/<model>-d<depth>-<backend>-<time>)")
+    parser.add_argument(
+        "--compare", nargs=2, metavar=("FIRST", "SECOND"), default=None,
+        help="print what changed between two finished profiles (their folders or ops.json files), then exit",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -211,6 +227,10 @@ def main(argv=None):
     if args.worker:
         with open(args.worker) as f:
             _profile_here(json.load(f))
+        return 0
+    if args.compare:
+        first, second = (load_profile(path) for path in args.compare)
+        print(op_table.format_comparison(first, second, top=args.top))
         return 0
     result = profile_training(
         model=args.model, depth=args.depth, batch_size=args.batch_size, steps=args.steps, backend=args.backend,
