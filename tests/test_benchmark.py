@@ -139,6 +139,9 @@ def test_smoke_run_same_work_as_yardstick(tmp_path, shared_data):
     assert json.load(open(json_path))["config"]["depth"] == 1
     table = open(md_path).read()
     assert "| ViTBNFFN | yardstick |" in table and f"| ViTBNFFN | {backend} |" in table
+    # The spread of the timed windows next to their median.
+    rates = [2 * 100 / t for t in measured["train_window_seconds"]]  # 2 steps of batch 100 per window
+    assert f" | {measured['train_images_per_s']:.0f} | {min(rates):.0f}-{max(rates):.0f} | " in table
     assert table == format_markdown(results) + "\n"
 
 

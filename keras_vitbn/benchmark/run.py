@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import select
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -291,6 +292,13 @@ def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
 
+def window_range(run):
+    """The slowest and the fastest timed window in images/s, e.g. `1504-1794`: a median hides a slow stretch."""
+    seconds = run["train_window_seconds"]
+    images = run["train_images_per_s"] * statistics.median(seconds)  # per window
+    return f"{images / max(seconds):.0f}-{images / min(seconds):.0f}"
+
+
 def format_markdown(results):
     """The results as a Markdown table (one row per model and backend)."""
     m, c = results["machine"], results["config"]
@@ -303,19 +311,20 @@ def format_markdown(results):
         f"Training FLOPs/image {c['training_flops_per_image'] / 1e6:.1f} M; measured float32 matmul peak "
         f"{_fmt(peak and peak / 1e9, '.0f')} GFLOP/s.",
         "",
-        "| model | backend | settings | train img/s | x yardstick | % matmul peak | real epoch img/s | epoch/model-only | "
-        "infer img/s (batch) | compile+warm-up s | peak RSS MiB | first-step loss | warm-up loss | same work |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | backend | settings | train img/s | windows (slowest-fastest) | x yardstick | % matmul peak | "
+        "real epoch img/s | epoch/model-only | infer img/s (batch) | compile+warm-up s | peak RSS MiB | "
+        "first-step loss | warm-up loss | same work |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model, runs in results["runs"].items():
         for backend, r in runs.items():
             if "error" in r:
-                lines.append(f"| {MODELS[model]} | {backend} | failed: {r['error']} |" + " |" * 11)
+                lines.append(f"| {MODELS[model]} | {backend} | failed: {r['error']} |" + " |" * 12)
                 continue
             settings = ", ".join(f"{k}={v}" for k, v in {**r.get("settings", {}), "devices": r.get("devices")}.items()
                                  if v is not None)
             lines.append(
-                f"| {MODELS[model]} | {backend} | {settings} | {r['train_images_per_s']:.0f} | "
+                f"| {MODELS[model]} | {backend} | {settings} | {r['train_images_per_s']:.0f} | {window_range(r)} | "
                 f"{_fmt(r.get('ratio_to_yardstick'), '.2f')} | {_fmt(r['fraction_of_matmul_peak'] and 100 * r['fraction_of_matmul_peak'], '.0f')} | "
                 f"{_fmt(r.get('epoch_images_per_s'), '.0f')} | {_fmt(r.get('epoch_vs_model_only'), '.2f')} | "
                 f"{_fmt(r.get('infer_images_per_s'), '.0f')} ({c['infer_batch']}) | {r['compile_seconds']:.1f} | "
