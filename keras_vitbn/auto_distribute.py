@@ -20,6 +20,8 @@ Two steps, because XLA fixes its device count when JAX starts:
   depth >= `MIN_DEPTH`, and every batch splits evenly (no training image
   dropped, so the run sees exactly the data of a one-device run).
 `--distribute none` (or `TrainConfig(distribute="none")`) turns it off.
+Outside `train()` (the benchmark, the profiler), `apply_default` makes the same
+choice and sets Keras' distribution.
 """
 
 import os
@@ -38,7 +40,8 @@ def worth_it(model, depth):
     return is_vit(model) and depth is not None and int(depth) >= MIN_DEPTH
 
 
-def _cores():
+def cores():
+    """The CPU cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -59,7 +62,7 @@ def request_cpu_devices(model, depth, environ=None, backend=None):
     environ = os.environ if environ is None else environ
     flags = environ.get("XLA_FLAGS", "")
     backend = backend or keras.backend.backend()
-    if backend != "jax" or not worth_it(model, depth) or _cores() < 2:
+    if backend != "jax" or not worth_it(model, depth) or cores() < 2:
         return False
     if DEVICE_COUNT_FLAG in flags:
         return False
@@ -98,3 +101,19 @@ def choose(config, train_images, eval_sizes):
         f"automatic: JAX on a CPU-only host, {config.model} at depth {config.depth}, {devices} XLA CPU devices "
         "train faster than one, the same computation; --distribute none turns it off"
     )
+
+
+def apply_default(model, depth, batch_size, train_images, eval_sizes=()):
+    """The trainers' default outside `train()`: sets data parallel over every device where `choose` picks it.
+
+    Returns (device count, why).
+    """
+    from keras_vitbn.training.config import TrainConfig
+
+    config = TrainConfig(model=model, depth=depth, batch_size=batch_size)
+    mode, why = choose(config, train_images, list(eval_sizes))
+    if mode is None:
+        return 1, why
+    devices = keras.distribution.list_devices()
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    return len(devices), why

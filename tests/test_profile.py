@@ -37,6 +37,14 @@ def test_profile_of_a_training_run(tmp_path, monkeypatch, capsys):
         assert all(re.match(r"([a-z]+[0-9]*\[|\(\d+ arrays\))", r["shape"]) for r in rows), rows
         # The q/k/v projection: (batch x tokens, 3 x heads x dim_head) = (8 x 17, 1536), as 2 or 3 dimensions.
         assert any("1536]" in r["shape"] for r in matmuls), [r["shape"] for r in matmuls]
+        # Without the HLO (kinds guessed from names), only XLA operations of the same trace are counted.
+        events = list(op_table.read_xspace(op_table.find_xspace(result["trace"])))
+        with open(result["hlo"]) as f:
+            matched = op_table.xla_ops(events, op_table.parse_hlo(f.read()))
+        guessed = op_table.xla_ops(events)
+        names = lambda table: {name for row in table.values() for name in row[0]}  # noqa: E731
+        assert guessed and names(guessed) <= names(matched), names(guessed) - names(matched)
+        assert sum(row[2] for row in guessed.values()) <= sum(row[2] for row in matched.values())
     table = (out / "ops.md").read_text()
     assert "| matmul |" in table and f"{backend}" in table.splitlines()[0]
     # A finished profile is never overwritten.
@@ -54,7 +62,8 @@ def test_profile_of_a_training_run(tmp_path, monkeypatch, capsys):
     assert header == f"# vit d1 {backend} -> vit_bnffn d1 {backend}: ms per training step"
 
 
-def test_bad_profile_arguments_raise(tmp_path):
+def test_bad_profile_arguments_raise(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("KERAS_VITBN_DEBUG", raising=False)
     with pytest.raises(ValueError, match="unknown backend 'mxnet'"):
         profile_training(backend="mxnet", output=str(tmp_path))
     with pytest.raises(ValueError, match="unknown distribute 'all'"):
@@ -67,6 +76,15 @@ def test_bad_profile_arguments_raise(tmp_path):
         build_parser().parse_args(["--model", "resnet"])
     with pytest.raises(FileNotFoundError, match="no profile at"):
         load_profile(str(tmp_path / "missing"))
+    # The command line says what is wrong in one line, without a traceback.
+    capsys.readouterr()  # (argparse's own usage message above)
+    for argv, message in (
+        (["--steps", "0"], "error: steps and batch_size must be positive"),
+        (["--compare", str(tmp_path / "missing"), str(tmp_path)], "error: no profile at"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(message) and len(err.splitlines()) == 1, err
 
 
 def test_hlo_kinds_of_a_compiled_function():

@@ -52,7 +52,7 @@ def training_step_hlo(hlo_dir):
 
 def parse_hlo(text):
     """{instruction name: {"shape", "opcode", "kind"}} for every instruction of an HLO module's text."""
-    bodies, instructions, current = collections.defaultdict(set), {}, None
+    bodies, parsed, current = collections.defaultdict(set), [], None
     for line in text.splitlines():
         computation = _COMPUTATION.match(line)
         if computation:
@@ -61,18 +61,20 @@ def parse_hlo(text):
         m = _INSTRUCTION.match(line)
         if not m:
             continue
+        parsed.append(m)
+        if current:
+            bodies[current].add(m.group("opcode"))
+    instructions = {}
+    for m in parsed:  # kinds once every fused computation's opcodes are known
         calls = re.search(r"calls=%([\w.\-]+)", m.group("rest"))
+        target = re.search(r'custom_call_target="([^"]*)"', m.group("rest"))
         instructions[m.group("name")] = {
             "shape": _short_shape(m.group("shape")),
             "opcode": m.group("opcode"),
-            "calls": calls.group(1) if calls else None,
-            "custom_call_target": (re.search(r'custom_call_target="([^"]*)"', m.group("rest")) or [None, None])[1],
+            "kind": _kind(
+                m.group("opcode"), bodies.get(calls.group(1), set()) if calls else set(), target and target.group(1)
+            ),
         }
-        if current:
-            bodies[current].add(m.group("opcode"))
-    for info in instructions.values():
-        info["kind"] = _kind(info, bodies.get(info.pop("calls"), set()))
-        info.pop("custom_call_target")
     return instructions
 
 
@@ -84,14 +86,13 @@ def _short_shape(shape):
     return shape.split("{")[0]
 
 
-def _kind(info, body):
-    opcode = info["opcode"]
+def _kind(opcode, body, custom_call_target=None):
     if opcode in _CONTAINERS:
         return None
     if opcode in _COMMUNICATION:
         return "communication"
     if opcode == "custom-call":
-        target = (info["custom_call_target"] or "").lower()
+        target = (custom_call_target or "").lower()
         return "matmul" if any(t in target for t in ("matmul", "dot", "conv", "gemm")) else "other"
     ops = {opcode} | body
     if ops & _MATMUL:

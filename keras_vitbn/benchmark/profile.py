@@ -66,7 +66,7 @@ def profile_training(
         raise ValueError(f"unknown distribute {distribute!r}: choose auto or none")
     if int(steps) < 1 or int(batch_size) < 1:
         raise ValueError(f"steps and batch_size must be positive, got steps={steps}, batch_size={batch_size}")
-    threads = int(threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()))
+    threads = int(threads or auto_distribute.cores())
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     output = os.path.abspath(output or os.path.join("runs", "profile", f"{model}-d{depth}-{backend}-{stamp}"))
     if os.path.exists(os.path.join(output, "ops.json")):
@@ -115,7 +115,6 @@ def _profile_here(spec):
     from keras_vitbn.data import Split, make_pipeline
     from keras_vitbn.models import create_model
     from keras_vitbn.models.registry import is_vit
-    from keras_vitbn.training.config import TrainConfig
 
     backend = keras.backend.backend()
     performance.set_threads(spec["threads"], backend)
@@ -125,12 +124,7 @@ def _profile_here(spec):
     labels = rng.integers(0, 10, batch * steps)
     devices = 1
     if spec["distribute"] == "auto":
-        config = TrainConfig(model=spec["model"], depth=spec["depth"], batch_size=batch)
-        mode, _ = auto_distribute.choose(config, len(labels), [])
-        if mode is not None:
-            found = keras.distribution.list_devices()
-            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=found))
-            devices = len(found)
+        devices, _ = auto_distribute.apply_default(spec["model"], spec["depth"], batch, len(labels))
     keras.utils.set_random_seed(spec["seed"])
     model = create_model(spec["model"], **({"depth": spec["depth"]} if is_vit(spec["model"]) else {}))
     settings = performance.fit_settings(backend)
@@ -228,14 +222,20 @@ def main(argv=None):
         with open(args.worker) as f:
             _profile_here(json.load(f))
         return 0
-    if args.compare:
-        first, second = (load_profile(path) for path in args.compare)
-        print(op_table.format_comparison(first, second, top=args.top))
-        return 0
-    result = profile_training(
-        model=args.model, depth=args.depth, batch_size=args.batch_size, steps=args.steps, backend=args.backend,
-        distribute=args.distribute, threads=args.threads, output=args.output,
-    )
+    try:
+        if args.compare:
+            first, second = (load_profile(path) for path in args.compare)
+            print(op_table.format_comparison(first, second, top=args.top))
+            return 0
+        result = profile_training(
+            model=args.model, depth=args.depth, batch_size=args.batch_size, steps=args.steps, backend=args.backend,
+            distribute=args.distribute, threads=args.threads, output=args.output,
+        )
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+        if os.environ.get("KERAS_VITBN_DEBUG"):  # the trainers' switch for the whole traceback
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(op_table.format_markdown(result, top=args.top))
     print(f"wrote {os.path.join(os.path.dirname(result['trace']), 'ops.md')} and ops.json; raw profile in {result['trace']}")
     return 0

@@ -215,19 +215,14 @@ class KerasSession(_Session):
     def _trainer_distribution(self, spec):
         """The trainers' default: data parallel where `auto_distribute` chooses it; returns the device count."""
         from keras_vitbn import auto_distribute
-        from keras_vitbn.training.config import TrainConfig
 
         if spec["settings"] == "keras-default":
             return 1
-        config = TrainConfig(model=spec["variant"], depth=spec["depth"], batch_size=self.batch)
         eval_sizes = [len(self.x_infer)] + ([spec["epoch_images"]] if spec.get("epoch_images") else [])
-        mode, why = auto_distribute.choose(config, len(self.x), eval_sizes)
-        self.result["distribution"] = why
-        if mode is None:
-            return 1
-        devices = self.keras.distribution.list_devices()
-        self.keras.distribution.set_distribution(self.keras.distribution.DataParallel(devices=devices))
-        return len(devices)
+        devices, self.result["distribution"] = auto_distribute.apply_default(
+            spec["variant"], spec["depth"], self.batch, len(self.x), eval_sizes
+        )
+        return devices
 
     def _fit(self, dataset):
         # `fit` returns after the epoch's outputs are synchronised (the loss is read back).
