@@ -25,6 +25,7 @@ choice and sets Keras' distribution.
 """
 
 import os
+import sys
 
 import keras
 
@@ -45,13 +46,26 @@ def cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def jax_started():
+    """Whether this process' JAX has already made its devices (XLA_FLAGS is read once, then)."""
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge  # no public API says it; without it, assume not started
+    except ImportError:
+        return False
+    return bool(getattr(xla_bridge, "backends_are_initialized", lambda: False)())
+
+
 def request_cpu_devices(model, depth, environ=None, backend=None):
     """Asks XLA for `CPU_DEVICES` CPU devices if this model would use them; returns whether it did.
 
     Call before JAX starts (importing keras does not start it; the first
     computation does). Leaves `XLA_FLAGS` alone on other backends, on a
-    one-core machine, and when it already sets a device count. The flag goes
-    first: XLA ignores every flag after one it cannot parse.
+    one-core machine, when it already sets a device count, and when this
+    process' JAX has started (then the flag would change nothing here and only
+    leak into the subprocesses it starts). The flag goes first: XLA ignores
+    every flag after one it cannot parse.
 
     Args:
         model: str. Registry name of the model.
@@ -59,10 +73,11 @@ def request_cpu_devices(model, depth, environ=None, backend=None):
         environ: dict or None. The environment to change; None: this process'.
         backend: str or None. The backend of that environment; None: Keras' current one.
     """
-    environ = os.environ if environ is None else environ
+    own = environ is None
+    environ = os.environ if own else environ
     flags = environ.get("XLA_FLAGS", "")
     backend = backend or keras.backend.backend()
-    if backend != "jax" or not worth_it(model, depth) or cores() < 2:
+    if backend != "jax" or not worth_it(model, depth) or cores() < 2 or (own and jax_started()):
         return False
     if DEVICE_COUNT_FLAG in flags:
         return False

@@ -72,3 +72,16 @@ def test_none_and_the_default_are_the_same_run():
     """`--distribute none` gives the default's results, so it shares the default's run directory."""
     assert TrainConfig(distribute="none").fingerprint() == TrainConfig().fingerprint()
     assert TrainConfig(distribute="data_parallel").fingerprint() != TrainConfig().fingerprint()
+
+
+def test_request_cpu_devices_after_jax_started_leaves_this_process_alone(monkeypatch):
+    """Once JAX has made its devices the flag changes nothing here; set, it would leak into every subprocess."""
+    import jax
+
+    jax.numpy.zeros(1).block_until_ready()  # starts JAX (on any Keras backend)
+    assert auto_distribute.jax_started()
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
+    assert auto_distribute.request_cpu_devices("vit", 6, backend="jax") is False
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=true"
+    env = {}  # another process' environment is still prepared
+    assert auto_distribute.request_cpu_devices("vit", 6, environ=env, backend="jax") is MANY_CORES
