@@ -174,6 +174,11 @@ def test_search_two_models_with_a_divergent_lr(tmp_path):
         recorded = json.load(f)
     assert recorded["environment"]["backend"] == keras.backend.backend()
     assert recorded["data"]["val_images"] == 50 and recorded["data"]["train_images"] == 150
+    # Depth 1 stays on one device on every backend (data parallel did not pay there), and says why.
+    assert recorded["devices"] == {
+        cell: "not JAX" if keras.backend.backend() != "jax" else f"{model} at depth 1 is not faster on several CPU devices"
+        for cell, model in (("vit_d1", "vit"), ("vit_bnffn_d1", "vit_bnffn"))
+    }
 
     # The heatmap puts the completed trial under its lr and marks the divergent one.
     depths, columns, values, failed_only = report_lib.heatmap_matrix(config, summary["trials"], "vit")
@@ -186,6 +191,30 @@ def test_search_two_models_with_a_divergent_lr(tmp_path):
     changed = SearchConfig.from_dict({**config.to_dict(), "lr_grid": (1e-3, 1e-2)})
     with pytest.raises(ValueError, match="differs in lr_grid"):
         search(changed, verbose=0)
+
+
+def test_search_cli_trains_deep_vits_on_two_xla_devices_like_the_trainers(tmp_path):
+    """The command line asks XLA for 2 CPU devices before JAX starts; a ViT of depth 3 searches data parallel on JAX."""
+    out = str(tmp_path / "search")
+    args = [*TINY_FLAGS, "--models", "vit_bnffn", "--depths", "3", "--tuner", "random", "--trials", "1",
+            "--output-dir", out]
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
+    env.pop("XLA_FLAGS", None)
+    done = subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with open(os.path.join(out, "search.json")) as f:
+        why = json.load(f)["devices"]["vit_bnffn_d3"]
+    (trial_dir,) = trial_dirs(out, "vit_bnffn_d3").values()
+    with open(os.path.join(trial_dir, "outcome.json")) as f:
+        assert json.load(f)["status"] == "completed"
+    if keras.backend.backend() != "jax":
+        assert why == "not JAX"
+    elif len(os.sched_getaffinity(0)) >= 2:
+        assert why.startswith("automatic: JAX on a CPU-only host, vit_bnffn at depth 3, 2 XLA CPU devices"), why
+        assert "distribute=data_parallel on jax: 2 replica(s)" in done.stdout + done.stderr
+    else:
+        assert why.startswith("one CPU device"), why
 
 
 # --------------------------------------------------------------------------- resuming

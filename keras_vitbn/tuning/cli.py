@@ -100,7 +100,12 @@ def main(argv=None):
         if args.report_only:
             summary = report_only(config)
         else:
+            from keras_vitbn import auto_distribute
             from keras_vitbn.tuning.search import search
+
+            if config.train.distribute is None:  # before anything starts JAX, as the trainers do
+                for model, depth in config.cells():
+                    auto_distribute.request_cpu_devices(model, depth)
 
             summary = search(config, overwrite=args.overwrite, verbose=verbose, command=command,
                              chief_timeout=args.chief_timeout)

@@ -31,6 +31,12 @@ Resuming: rerunning the same command resumes every cell where it stopped
 (keras-tuner reloads the oracle; a trial that was running when the process was
 killed is run again by the same tuner id; completed trials are never rerun).
 
+Devices: as in the trainers, a cell whose model was measured faster on several
+XLA CPU devices (ViTs of depth >= 3 on JAX on a CPU-only host, see
+`keras_vitbn.auto_distribute`) trains data parallel over them, the same
+computation; `search.json` records each cell's choice and why, and
+`--distribute none` keeps every cell on one device.
+
 Distributed: the same command runs as one chief and N workers, switched by
 keras-tuner's environment variables `KERASTUNER_TUNER_ID` ("chief" for the
 chief), `KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT`. The chief serves
@@ -38,6 +44,7 @@ each cell's oracle over gRPC in turn and writes the report; workers run the
 trials. All must see the same output directory (a shared file system).
 """
 
+import contextlib
 import json
 import math
 import os
@@ -47,6 +54,7 @@ import time
 import keras
 import keras_tuner as kt
 
+from keras_vitbn import auto_distribute
 from keras_vitbn.files import read_json, write_json
 from keras_vitbn.training import callbacks as training_callbacks
 from keras_vitbn.training.train import build_model, compile_model, load_data
@@ -447,6 +455,32 @@ def _check_or_write_config(config, output_dir, role, command, provenance):
     )
 
 
+@contextlib.contextmanager
+def cell_devices(config, model_name, depth, provenance, output_dir=None):
+    """Trains the cell's trials data parallel where the trainers would (`auto_distribute.choose`).
+
+    Yields the reason of the choice; records it under "devices" in
+    search.json when `output_dir` is given (the chief or a single machine).
+    The validation split is evaluated with the search's one pipeline, so the
+    choice also needs its size to split evenly (`choose` checks it).
+    """
+    train = type(config.train).from_dict({**config.train.to_dict(), "model": model_name, "depth": depth})
+    mode, why = auto_distribute.choose(train, provenance["train_images"], [provenance["val_images"]])
+    if output_dir is not None:
+        path = os.path.join(output_dir, "search.json")
+        record = read_json(path)
+        record.setdefault("devices", {})[cell_name(model_name, depth)] = why
+        write_json(path, record)
+    if mode is None:
+        yield why
+        return
+    from keras_vitbn import distribute
+
+    with distribute.distribution_scope(mode) as dist:
+        _say(f"{cell_name(model_name, depth)}: {dist.describe()} ({why})")
+        yield why
+
+
 def search_finished(output_dir):
     """Whether the chief (or a single machine) has searched every cell of the search in `output_dir`."""
     return bool((read_json(os.path.join(output_dir, "search.json")) or {}).get("searched_at"))
@@ -482,7 +516,8 @@ def _worker_loop(config, provenance, output_dir, fit_args, fit_kwargs, chief_tim
             i, tuner = j, None
             continue
         _say(f"worker {os.environ['KERASTUNER_TUNER_ID']}: searching {names[i]} ({i + 1}/{len(cells)})")
-        tuner.search(*fit_args, **fit_kwargs)
+        with cell_devices(config, *cells[i], provenance):
+            tuner.search(*fit_args, **fit_kwargs)
         i, tuner = i + 1, None
 
 
@@ -546,7 +581,8 @@ def search(config, overwrite=False, verbose="auto", command=None, chief_timeout=
         tuner = make_tuner(config, model_name, depth, provenance, output_dir)
         _say(f"{cell_name(model_name, depth)} ({i + 1}/{len(cells)}): {len(tuner.oracle.trials)} trials recorded"
              f"{', serving it to the workers' if role == 'chief' else ''}")
-        tuner.search(*fit_args, **fit_kwargs)
+        with cell_devices(config, model_name, depth, provenance, output_dir):
+            tuner.search(*fit_args, **fit_kwargs)
     _mark_searched(output_dir)
     seconds = time.perf_counter() - start
     summary = {"output_dir": output_dir, "role": role, "seconds": seconds}
