@@ -125,6 +125,29 @@ def test_batchnorm_ffn_structure():
     assert bn.momentum == pytest.approx(0.9) and bn.epsilon == pytest.approx(1e-5)
 
 
+def test_batchnorm_ffn_keeps_its_statistics_in_float32_under_mixed_bfloat16():
+    """bfloat16 compute, float32 BatchNorm statistics: what mixed-precision training of ViTBNFFN needs.
+
+    The hidden features sit near 8, where bfloat16 resolves 1/16: E[h^2] - E[h]^2 taken in
+    bfloat16 would be off by tens of percent, far beyond the tolerance below.
+    """
+    ffn = FeedForward(dim=8, mlp_dim=16, norm="batchnorm", dtype="mixed_bfloat16")
+    x = np.random.default_rng(0).standard_normal((4, 5, 8)).astype("float32")
+    ffn.build(x.shape)
+    ffn.fc1.bias.assign(np.full((16,), 8.0, "float32"))
+    hidden = keras.ops.convert_to_numpy(keras.ops.cast(ffn.fc1(x), "float32")).astype("float64")
+    assert keras.backend.standardize_dtype(ffn.fc1(x).dtype) == "bfloat16"
+    bn = ffn.hidden_norm
+    assert keras.backend.standardize_dtype(bn.moving_mean.dtype) == "float32"
+    assert keras.backend.standardize_dtype(bn.moving_variance.dtype) == "float32"
+    out = ffn(x, training=True)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    keep = bn.momentum  # Keras: new = keep * old + (1 - keep) * batch statistic; old mean 0, old variance 1
+    mean, variance = hidden.mean(axis=(0, 1)), hidden.var(axis=(0, 1))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), (1 - keep) * mean, rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), keep + (1 - keep) * variance, rtol=1e-4)
+
+
 def test_layernorm_ffn_uses_exact_gelu():
     ffn = FeedForward(dim=4, mlp_dim=4, norm="none")
     ffn.build((None, 1, 4))

@@ -111,6 +111,25 @@ def test_batchnorm_statistics_train_and_infer(name):
     assert not np.allclose(alone, keras.ops.convert_to_numpy(model(x[:1], training=False)), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_mixed_bfloat16_model_trains_and_reloads_in_mixed_bfloat16(name, tmp_path):
+    """`dtype="mixed_bfloat16"`: bfloat16 compute, float32 weights, and the .keras file keeps the policy."""
+    model = keras_vitbn.create_model(name, **TINY[name], dtype="mixed_bfloat16")
+    x = random_images(8)
+    assert keras.backend.standardize_dtype(model(x).dtype) == "bfloat16"
+    assert {keras.backend.standardize_dtype(w.dtype) for w in model.weights} == {"float32"}
+    model.compile(optimizer="adam", loss=LOSS)
+    model.fit(x, np.arange(8) % 10, batch_size=8, epochs=1, verbose=0)
+    model.save(tmp_path / "mixed.keras")
+    loaded = keras.saving.load_model(tmp_path / "mixed.keras")
+    policies = {l.dtype_policy.name for l in _all_layers(loaded) if not isinstance(l, keras.layers.InputLayer)}
+    assert loaded.dtype_policy.name == "mixed_bfloat16" and policies == {"mixed_bfloat16"}
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(keras.ops.cast(loaded(x), "float32")),
+        keras.ops.convert_to_numpy(keras.ops.cast(model(x), "float32")),
+    )
+
+
 def test_saved_model_loads_on_every_other_backend(tmp_path):
     x = random_images(4, seed=3)
     for name in TINY:

@@ -16,6 +16,10 @@ class ArgumentsConfigModel(keras.Model):
         if unknown:
             raise ValueError(f"{type(self).__name__} got an unexpected keyword argument {unknown[0]!r}")
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        if kwargs.get("dtype") is not None:
+            # keras' functional Model drops `dtype`; without this, get_config would say float32 and a
+            # mixed-precision model would come back from its .keras file in float32.
+            self.dtype_policy = kwargs["dtype"]
 
     def remember_arguments(self, **arguments):
         self._arguments = arguments
