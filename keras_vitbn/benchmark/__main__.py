@@ -5,6 +5,7 @@ import datetime
 import os
 import sys
 
+from keras_vitbn.training.config import DTYPE_POLICIES
 from keras_vitbn.benchmark.run import BACKENDS, DEFAULT_DATA, MODELS, format_markdown, run_benchmark, write_results
 
 SMOKE = {"depth": 1, "steps": 2, "windows": 1, "epoch_images": 200, "infer_batch": 50, "infer_repeats": 1}
@@ -38,7 +39,11 @@ def build_parser():
     parser.add_argument("--epoch-data-dir", default=None, help="IDX directory (default: shared/data/fashion-mnist)")
     parser.add_argument("--infer-batch", type=int, default=5000, help="inference batch; 0 skips inference")
     parser.add_argument("--infer-repeats", type=int, default=3)
-    parser.add_argument("--dtype-policy", default=None, help="e.g. mixed_bfloat16 (BatchNorm statistics stay float32)")
+    parser.add_argument(
+        "--dtype-policy", default="float32", choices=DTYPE_POLICIES,
+        help="mixed_bfloat16: bfloat16 products, float32 weights and BatchNorm statistics, on every backend and "
+        "the yardstick (torch.autocast); the share of peak is then of the bfloat16 matmul peak (default %(default)s)",
+    )
     parser.add_argument("--no-yardstick", action="store_true", help="skip the plain-PyTorch yardstick")
     parser.add_argument(
         "--yardstick-attention", choices=("math", "sdpa"), default="math",

@@ -21,6 +21,18 @@ FIRST_STEP_ATOL = 1e-4
 # Relative difference allowed in the mean loss of the first (warm-up) epoch, which
 # follows the same data and updates on every backend.
 WARMUP_LOSS_RTOL = 1e-3
+# The same two checks under mixed_bfloat16, where every backend rounds its products
+# to bfloat16's 8 bits in its own order: at depth 6 the backends were up to 4.5e-4 and
+# 5.4e-4 (relative) from the yardstick; ViT and ViTBNFFN's first-step losses differ by 2e-2.
+MIXED_FIRST_STEP_ATOL = 1e-2
+MIXED_WARMUP_LOSS_RTOL = 5e-3
+
+
+def guard_tolerances(dtype_policy):
+    """(first-step loss atol, warm-up loss rtol) of the correctness guard under `dtype_policy`."""
+    if dtype_policy == "mixed_bfloat16":
+        return MIXED_FIRST_STEP_ATOL, MIXED_WARMUP_LOSS_RTOL
+    return FIRST_STEP_ATOL, WARMUP_LOSS_RTOL
 DEFAULT_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data"))
 
 
@@ -266,6 +278,7 @@ def _derive(results):
     peaks = [r["matmul_peak_flops"] for runs in results["runs"].values() for r in runs.values() if "matmul_peak_flops" in r]
     peak = max(peaks) if peaks else None
     results["machine"]["matmul_peak_flops"] = peak
+    first_atol, warm_rtol = guard_tolerances(results["config"].get("dtype_policy"))
     guard_ok = True
     for runs in results["runs"].values():
         reference = runs.get("yardstick", {})
@@ -283,9 +296,14 @@ def _derive(results):
                 warm = abs(run["warmup_epoch_loss"] - reference["warmup_epoch_loss"]) / abs(reference["warmup_epoch_loss"])
                 run["first_step_loss_diff"] = first
                 run["warmup_loss_rel_diff"] = warm
-                run["same_work"] = bool(first <= FIRST_STEP_ATOL and warm <= WARMUP_LOSS_RTOL)
+                run["same_work"] = bool(first <= first_atol and warm <= warm_rtol)
                 guard_ok = guard_ok and run["same_work"]
     results["same_work"] = guard_ok
+
+
+def peak_dtype(config):
+    """The dtype of the measured matmul peak: the one the products run in."""
+    return "bfloat16" if config.get("dtype_policy") == "mixed_bfloat16" else "float32"
 
 
 def _fmt(value, spec):
@@ -308,8 +326,9 @@ def format_markdown(results):
         f"load average {m['load_average_start'][0]:.2f} at start, {m['load_average_end'][0]:.2f} at end.",
         f"Depth {c['depth']}, batch {c['batch_size']}, 28x28x1, Adam; {c['windows']} windows of {c['steps']} steps "
         f"(median); settings `{c['settings']}`, jit `{c['jit']}`; {c['data']}. "
-        f"Training FLOPs/image {c['training_flops_per_image'] / 1e6:.1f} M; measured float32 matmul peak "
-        f"{_fmt(peak and peak / 1e9, '.0f')} GFLOP/s.",
+        f"Training FLOPs/image {c['training_flops_per_image'] / 1e6:.1f} M; measured {peak_dtype(c)} matmul peak "
+        f"{_fmt(peak and peak / 1e9, '.0f')} GFLOP/s"
+        + (f"; dtype policy {c['dtype_policy']}." if c.get("dtype_policy") not in (None, "float32") else "."),
         "",
         "| model | backend | settings | train img/s | windows (slowest-fastest) | x yardstick | % matmul peak | "
         "real epoch img/s | epoch/model-only | infer img/s (batch) | compile+warm-up s | peak RSS MiB | "
@@ -331,10 +350,11 @@ def format_markdown(results):
                 f"{r['peak_rss_mib']:.0f} | {r['first_step_loss']:.6f} | {r['warmup_epoch_loss']:.5f} | "
                 f"{'yes' if r.get('same_work', True) else 'NO'} |"
             )
+    first_atol, warm_rtol = guard_tolerances(c.get("dtype_policy"))
     lines.append("")
     lines.append(
-        f"Correctness guard (every backend vs the yardstick: first-step loss within {FIRST_STEP_ATOL:g}, "
-        f"warm-up-epoch mean loss within {WARMUP_LOSS_RTOL:g} relative): "
+        f"Correctness guard (every backend vs the yardstick: first-step loss within {first_atol:g}, "
+        f"warm-up-epoch mean loss within {warm_rtol:g} relative): "
         f"{'passed' if results['same_work'] else 'FAILED'}."
     )
     return "\n".join(lines)

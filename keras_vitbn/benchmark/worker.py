@@ -32,8 +32,34 @@ def _load_inputs(spec):
     return data["x"], data["y"], data["x_infer"]
 
 
+def compute_dtype(spec):
+    """The dtype the matrix products run in: bfloat16 under `mixed_bfloat16`, else float32."""
+    return "bfloat16" if spec.get("dtype_policy") == "mixed_bfloat16" else "float32"
+
+
+def _torch_device():
+    """Where PyTorch computes: the GPU when it sees one (as Keras' torch backend does), else the CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _torch_sync(torch):
+    if torch.cuda.is_available():  # CUDA runs asynchronously: a timing must wait for the work
+        torch.cuda.synchronize()
+
+
+def _torch_matmul_peak(dtype):
+    import numpy as np
+    import torch
+
+    a = torch.from_numpy(np.random.default_rng(0).random((2048, 2048), dtype=np.float32))
+    x = a.to(_torch_device(), getattr(torch, dtype))
+    return _matmul_peak(lambda: (torch.mm(x, x), _torch_sync(torch)))
+
+
 def _matmul_peak(matmul, size=2048, repeats=8):
-    """FLOP/s of the best of `repeats` float32 (size x size) @ (size x size) products."""
+    """FLOP/s of the best of `repeats` (size x size) @ (size x size) products."""
     matmul()  # warm up
     best = float("inf")
     for _ in range(repeats):
@@ -137,26 +163,24 @@ class _Session:
 # ------------------------------------------------------------------ Keras backends
 
 
-def _keras_matmul_peak(backend):
+def _keras_matmul_peak(backend, dtype="float32"):
+    """The backend's best (2048 x 2048) matrix product in `dtype`, on the device it trains on."""
     import numpy as np
 
     a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
     if backend == "jax":
         import jax
 
-        x = jax.numpy.asarray(a)
+        x = jax.numpy.asarray(a, dtype=dtype)
         f = jax.jit(lambda m: m @ m)
         return _matmul_peak(lambda: f(x).block_until_ready())
     if backend == "tensorflow":
         import tensorflow as tf
 
-        x = tf.constant(a)
+        x = tf.cast(tf.constant(a), dtype)
         f = tf.function(lambda m: tf.matmul(m, m), jit_compile=True)
         return _matmul_peak(lambda: f(x).numpy())
-    import torch
-
-    x = torch.from_numpy(a)
-    return _matmul_peak(lambda: torch.mm(x, x))
+    return _torch_matmul_peak(dtype)
 
 
 def _compile_kwargs(spec, backend):
@@ -188,9 +212,10 @@ class KerasSession(_Session):
         performance.set_threads(spec["threads"], backend)
         self.keras = keras
         self.result.update(backend=backend, keras=keras.__version__)
-        self.result["matmul_peak_flops"] = _keras_matmul_peak(backend)
-        if spec.get("dtype_policy"):
-            keras.config.set_dtype_policy(spec["dtype_policy"])
+        self.result["matmul_peak_flops"] = _keras_matmul_peak(backend, compute_dtype(spec))
+        if spec.get("dtype_policy") not in (None, "float32"):
+            keras.config.set_dtype_policy(spec["dtype_policy"])  # this process builds only this model
+        self.result["dtype_policy"] = keras.config.dtype_policy().name
         devices = self._trainer_distribution(spec)
         model = convert_state_dict(dict(np.load(spec["weights"])))
         initial = [keras.ops.convert_to_numpy(w) for w in model.weights]
@@ -218,7 +243,9 @@ class KerasSession(_Session):
 
         if spec["settings"] == "keras-default":
             return 1
-        eval_sizes = [len(self.x_infer)] + ([spec["epoch_images"]] if spec.get("epoch_images") else [])
+        eval_sizes = ([len(self.x_infer)] if spec.get("infer_batch") else []) + (
+            [spec["epoch_images"]] if spec.get("epoch_images") else []
+        )
         devices, self.result["distribution"] = auto_distribute.apply_default(
             spec["variant"], spec["depth"], self.batch, len(self.x), eval_sizes
         )
@@ -253,18 +280,25 @@ class YardstickSession(_Session):
 
         torch.set_num_threads(spec["threads"])
         self.torch, self.F = torch, F
+        self.device = _torch_device()
         options = spec.get("yardstick_options") or {}
-        self.result.update(torch=torch.__version__, settings={"eager": True, **options})
-        a = torch.from_numpy(np.random.default_rng(0).random((2048, 2048), dtype=np.float32))
-        self.result["matmul_peak_flops"] = _matmul_peak(lambda: torch.mm(a, a))
+        # Mixed precision as Keras' mixed_bfloat16 does it: float32 weights, bfloat16 products, BatchNorm
+        # statistics in float32 (autocast runs batch_norm in float32).
+        self.autocast_dtype = torch.bfloat16 if compute_dtype(spec) == "bfloat16" else None
+        settings = {"eager": True, **options, "device": self.device.type}
+        if self.autocast_dtype is not None:
+            settings["autocast"] = "bfloat16"
+        self.result.update(torch=torch.__version__, settings=settings)
+        self.result["matmul_peak_flops"] = _torch_matmul_peak(compute_dtype(spec))
         state = {k: torch.from_numpy(v) for k, v in np.load(spec["weights"]).items()}
-        self.model = ReferenceViT(spec["variant"], depth=spec["depth"], **options)
+        self.model = ReferenceViT(spec["variant"], depth=spec["depth"], **options).to(self.device)
         self.model.load_state_dict(state, strict=True)
         self.model.train()
         xs = torch.from_numpy(self.x).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW once, untimed
         ys = torch.from_numpy(self.y.astype("int64"))
-        with torch.no_grad():
-            self.result["first_step_loss"] = float(F.cross_entropy(self.model(xs[: self.batch]), ys[: self.batch]))
+        with torch.no_grad(), self._autocast():
+            first = F.cross_entropy(self.model(xs[: self.batch].to(self.device)), ys[: self.batch].to(self.device))
+            self.result["first_step_loss"] = float(first)
         self.model.load_state_dict(state, strict=True)  # undo the running-statistics update
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=spec["learning_rate"], eps=1e-8)
         self.batches = [(xs[i : i + self.batch], ys[i : i + self.batch]) for i in range(0, len(xs), self.batch)]
@@ -273,9 +307,19 @@ class YardstickSession(_Session):
         self.result["warmup_seconds"] = time.perf_counter() - start
         self.result["peak_rss_train_mib"] = _peak_rss_mib()
 
+    def _autocast(self):
+        import contextlib
+
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return self.torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
     def _step(self, xb, yb):
+        # Batches come from host memory, as Keras' do from tf.data (a no-op on the CPU).
+        xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.F.cross_entropy(self.model(xb), yb)
+        with self._autocast():
+            loss = self.F.cross_entropy(self.model(xb), yb)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
@@ -300,8 +344,8 @@ class YardstickSession(_Session):
         torch = self.torch
         self.model.eval()
         xi = torch.from_numpy(self.x_infer).permute(0, 3, 1, 2).contiguous()
-        with torch.inference_mode():
-            seconds = _timed(lambda: self.model(xi))
+        with torch.inference_mode(), self._autocast():
+            seconds = _timed(lambda: self.model(xi.to(self.device)).cpu())  # .cpu(): the answer, as Keras returns it
         self.model.train()
         return seconds
 

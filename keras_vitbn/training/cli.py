@@ -18,7 +18,7 @@ from keras_vitbn import auto_distribute
 from keras_vitbn.data.augment import POLICIES
 from keras_vitbn.distribute import add_distribute_args, distribute_options
 from keras_vitbn.data.datasets import DATA_DIR_ENV, SOURCES, TEST_DATA_DIR_ENV
-from keras_vitbn.training.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from keras_vitbn.training.config import DTYPE_POLICIES, OPTIMIZERS, SCHEDULES, TrainConfig
 
 # flag -> create_model keyword (only passed on when given).
 MODEL_FLAGS = {
@@ -62,6 +62,8 @@ def build_parser(defaults, description=None):
         flag = "--" + name.replace("_", "-")
         g.add_argument(flag, type=kind, default=None, help=f"override {name} (default {config.model_overrides.get(name, 'the model default')})")
     g.add_argument("--hidden-units", type=int, nargs="+", default=None, help="DNN hidden layer widths")
+    g.add_argument("--dtype-policy", default="float32", choices=DTYPE_POLICIES,
+                   help="mixed_bfloat16: bfloat16 compute, float32 weights and BatchNorm statistics (default %(default)s)")
     g.add_argument("--set", type=_override, action="append", default=[], metavar="KEY=VALUE",
                    help="any other create_model argument, VALUE as JSON (repeatable)")
 
@@ -114,6 +116,8 @@ def config_from_args(args, defaults):
             overrides[name] = value
     if args.hidden_units is not None:
         overrides["hidden_units"] = args.hidden_units
+    if args.dtype_policy != "float32":  # a create_model argument; float32 runs keep their run hash
+        overrides["dtype"] = args.dtype_policy
     overrides.update(dict(args.set))
     augment_options = dict(defaults.get("augment_options", {}))
     for name in ("rotation", "translation", "zoom_out", "zoom_out_rate"):

@@ -17,6 +17,9 @@ import os
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
+# Keras dtype policies the trainers offer (`--dtype-policy`, a `create_model(dtype=...)`); float16
+# would need loss scaling, bfloat16 has float32's range and does not.
+DTYPE_POLICIES = ("float32", "mixed_bfloat16")
 
 
 @dataclasses.dataclass
