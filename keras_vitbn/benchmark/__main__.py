@@ -5,8 +5,8 @@ import datetime
 import os
 import sys
 
-from keras_vitbn.training.config import DTYPE_POLICIES
 from keras_vitbn.benchmark.run import BACKENDS, DEFAULT_DATA, MODELS, format_markdown, run_benchmark, write_results
+from keras_vitbn.training.config import DTYPE_POLICIES
 
 SMOKE = {"depth": 1, "steps": 2, "windows": 1, "epoch_images": 200, "infer_batch": 50, "infer_repeats": 1}
 

@@ -13,6 +13,7 @@ import tempfile
 import numpy as np
 
 from keras_vitbn import auto_distribute, performance
+from keras_vitbn.benchmark.worker import compute_dtype
 
 BACKENDS = ("jax", "tensorflow", "torch")
 MODELS = {"vit_bnffn": "ViTBNFFN", "vit": "ViT"}
@@ -33,6 +34,8 @@ def guard_tolerances(dtype_policy):
     if dtype_policy == "mixed_bfloat16":
         return MIXED_FIRST_STEP_ATOL, MIXED_WARMUP_LOSS_RTOL
     return FIRST_STEP_ATOL, WARMUP_LOSS_RTOL
+
+
 DEFAULT_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data"))
 
 
@@ -301,11 +304,6 @@ def _derive(results):
     results["same_work"] = guard_ok
 
 
-def peak_dtype(config):
-    """The dtype of the measured matmul peak: the one the products run in."""
-    return "bfloat16" if config.get("dtype_policy") == "mixed_bfloat16" else "float32"
-
-
 def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
@@ -326,7 +324,7 @@ def format_markdown(results):
         f"load average {m['load_average_start'][0]:.2f} at start, {m['load_average_end'][0]:.2f} at end.",
         f"Depth {c['depth']}, batch {c['batch_size']}, 28x28x1, Adam; {c['windows']} windows of {c['steps']} steps "
         f"(median); settings `{c['settings']}`, jit `{c['jit']}`; {c['data']}. "
-        f"Training FLOPs/image {c['training_flops_per_image'] / 1e6:.1f} M; measured {peak_dtype(c)} matmul peak "
+        f"Training FLOPs/image {c['training_flops_per_image'] / 1e6:.1f} M; measured {compute_dtype(c)} matmul peak "
         f"{_fmt(peak and peak / 1e9, '.0f')} GFLOP/s"
         + (f"; dtype policy {c['dtype_policy']}." if c.get("dtype_policy") not in (None, "float32") else "."),
         "",
