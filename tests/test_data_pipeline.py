@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from keras_vitbn.data import augmentation, load_splits, make_pipeline, materialize
-from keras_vitbn.data.datasets import DATA_DIR_ENV, TEST_DATA_DIR_ENV
+from keras_vitbn.data.datasets import DATA_DIR_ENV, TEST_DATA_DIR_ENV, epoch_steps
 from tests.test_data_idx import make_idx_dir
 
 
@@ -86,3 +86,12 @@ def test_augmented_test_split_is_fixed(shared_data):
     xc = np.concatenate([x.numpy() for x, _ in clean.ds.batch(64)])
     np.testing.assert_array_equal(xa, xb)
     assert np.abs(xa - xc).max() > 0.5
+
+
+def test_epoch_steps_counts_batches_or_says_none(shared_data):
+    _, test, _ = load_splits("fashion_mnist", data_dir=os.path.join(shared_data, "fashion-mnist"))
+    test = test.take(250, "first 250")
+    assert epoch_steps(make_pipeline(test, 100, shuffle=True, seed=0)) == 3
+    assert epoch_steps(make_pipeline(test, 100, drop_remainder=True)) == 2
+    assert epoch_steps(make_pipeline(test, 100).filter(lambda x, y: y[0] > 0)) is None  # unknown length
+    assert epoch_steps(np.zeros((4, 28, 28, 1))) is None  # not a tf.data pipeline

@@ -10,6 +10,8 @@ import pytest
 from keras_vitbn.training import TrainConfig, build_model, load_data, train
 from keras_vitbn.training.callbacks import COLUMNS
 
+# The numbers of a history row that depend only on the run (not on timing).
+CURVES = ("loss", "accuracy", "test_loss", "test_accuracy", "test_aug_loss", "test_aug_accuracy")
 TINY = {"depth": 1, "model_overrides": {"dim": 16, "heads": 2, "dim_head": 8, "mlp_dim": 16}}
 
 
@@ -78,6 +80,9 @@ def test_resume_after_interruption(shared_data, tmp_path):
     assert result["status"] == "completed" and result["epochs_completed"] == 3
     assert [r["epoch"] for r in result["history"]] == [1, 2, 3]
     assert result["history"][0] == first[0]  # the interrupted run's epoch is kept, not redone
+    # The resumed epochs see the shuffles and augmentations an uninterrupted run sees: same numbers, bit for bit.
+    whole = train(tiny_config(shared_data, tmp_path / "whole", epochs=3), verbose=0)["history"]
+    assert [{k: r[k] for k in CURVES} for r in result["history"]] == [{k: r[k] for k in CURVES} for r in whole]
 
 
 def test_divergence_is_a_result(shared_data, tmp_path):
@@ -94,9 +99,8 @@ def test_divergence_is_a_result(shared_data, tmp_path):
 
 
 def test_same_seed_same_curves(shared_data, tmp_path):
-    keys = ("loss", "accuracy", "test_loss", "test_accuracy", "test_aug_loss", "test_aug_accuracy")
     runs = [train(tiny_config(shared_data, tmp_path / name, seed=5), verbose=0)["history"] for name in "ab"]
-    assert [{k: r[k] for k in keys} for r in runs[0]] == [{k: r[k] for k in keys} for r in runs[1]]
+    assert [{k: r[k] for k in CURVES} for r in runs[0]] == [{k: r[k] for k in CURVES} for r in runs[1]]
 
 
 def test_validation_split_and_other_run_in_same_dir(shared_data, tmp_path):

@@ -336,6 +336,22 @@ def make_pipeline(split, batch_size, *, shuffle=False, seed=None, augment=None, 
     return ds.prefetch(PREFETCH_BATCHES).with_options(_steady_options())
 
 
+def epoch_steps(dataset):
+    """Batches in one pass over a finite `tf.data` pipeline; None when tf.data cannot tell.
+
+    Give it to `fit(steps_per_epoch=...)`: Keras then carries one iterator per
+    epoch. Without it Keras' TensorFlow backend opens a second iterator at every
+    epoch's start and drops the one it opened at the last epoch's end, after
+    that one had drawn a shuffle order and prefetched (augmented) some batches:
+    every epoch used two shuffle draws and a timing-dependent number of
+    augmentation draws, so a resumed run could not be replayed exactly.
+    """
+    if not isinstance(dataset, tf.data.Dataset):
+        return None
+    steps = int(dataset.cardinality())
+    return steps if steps > 0 else None
+
+
 def _steady_options():
     """`tf.data` options without the autotuning thread, which stalls the end of every epoch.
 

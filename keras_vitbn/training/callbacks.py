@@ -72,6 +72,44 @@ class DivergenceGuard(keras.callbacks.Callback):
                 self.model.stop_training = True
 
 
+class InputReplay(keras.callbacks.Callback):
+    """On resume, runs the input pipeline through the completed epochs so the rest sees what it would have.
+
+    The training pipeline's shuffle order and augmentation draws come from
+    random state that advances with every epoch it serves (tf.data reshuffles
+    per iterator, the augmentation layers' seed generators per batch). A new
+    process starts that state afresh, so without this a run resumed at epoch
+    k would see epoch 1's images again in epoch k + 1. Replaying the k epochs
+    (without the model) advances it exactly as the interrupted run had, and the
+    resumed run ends bit for bit where an uninterrupted one does. It runs at
+    the first epoch's start, after Keras' own look at one batch in `fit`,
+    which an uninterrupted run makes at the same point of its sequence.
+    """
+
+    def __init__(self, dataset, verbose=0):
+        super().__init__()
+        self.dataset = dataset
+        self.verbose = verbose
+        self.replayed = None  # epochs replayed by the last fit
+
+    def on_train_begin(self, logs=None):
+        self.replayed = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.replayed is not None:
+            return
+        self.replayed = epoch
+        if epoch == 0:
+            return
+        batches = int(self.dataset.cardinality())
+        progress = keras.utils.Progbar(epoch * batches if batches > 0 else None, verbose=self.verbose, unit_name="batch")
+        if self.verbose:
+            print(f"[keras_vitbn] replaying the input pipeline of the {epoch} completed epochs (no training)", flush=True)
+        for _ in range(epoch):
+            for _ in self.dataset:
+                progress.add(1)
+
+
 class EpochEvaluator(keras.callbacks.Callback):
     """Adds clean and augmented test metrics, learning rate, epoch time and images/s to the epoch logs.
 

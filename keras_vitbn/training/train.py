@@ -327,7 +327,7 @@ def train(config, callbacks=None, overwrite=False, verbose="auto", command=None)
         train_ds, val_ds, test_ds, test_aug_ds, provenance = load_data(config, dist, splits)
         if provenance.get("warning"):
             print(f"\n{'!' * 78}\n[keras_vitbn] WARNING: {provenance['warning']}\n{'!' * 78}\n", flush=True)
-        steps_per_epoch = math.ceil(provenance["train_images"] / config.batch_size)
+        steps_per_epoch = datasets.epoch_steps(train_ds) or math.ceil(provenance["train_images"] / config.batch_size)
         model = build_model(config, tuple(provenance["image_shape"]), provenance["num_classes"])
         if dist is not None:
             dist.prepare_model(model)  # synchronised BatchNorm on TensorFlow replicas
@@ -379,19 +379,20 @@ def train(config, callbacks=None, overwrite=False, verbose="auto", command=None)
                 experiment=f"keras_vitbn-{config.dataset}",
             )
             run_callbacks.append(mlflow_logger)
-        run_callbacks.extend(callbacks or [])
-        # Last, so that an epoch is backed up only after it has been recorded.
-        run_callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False))
-
         if verbose == "auto":
             import sys
 
             verbose = 1 if sys.stdout.isatty() else 2
+        run_callbacks.append(cbs.InputReplay(train_ds, verbose=verbose))
+        run_callbacks.extend(callbacks or [])
+        # Last, so that an epoch is backed up only after it has been recorded.
+        run_callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False))
         start = time.perf_counter()
         try:
             model.fit(
                 train_ds,
                 epochs=config.epochs,
+                steps_per_epoch=datasets.epoch_steps(train_ds),  # one shuffle and augmentation draw per epoch
                 validation_data=val_ds,
                 shuffle=False,  # train_ds is shuffled by tf.data with the run's seed
                 callbacks=run_callbacks,

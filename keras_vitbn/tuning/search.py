@@ -55,6 +55,7 @@ import keras
 import keras_tuner as kt
 
 from keras_vitbn import auto_distribute
+from keras_vitbn.data import datasets
 from keras_vitbn.files import read_json, write_json
 from keras_vitbn.training import callbacks as training_callbacks
 from keras_vitbn.training.train import build_model, compile_model, load_data
@@ -217,6 +218,8 @@ class LearningRateHyperModel(kt.HyperModel):
         """Trains; returns the last epoch's metrics, or raises `FailedTrialError` if training diverged."""
         guard = training_callbacks.DivergenceGuard()
         kwargs.setdefault("shuffle", False)  # the tf.data pipeline shuffles with the run's seed
+        if args:
+            kwargs.setdefault("steps_per_epoch", datasets.epoch_steps(args[0]))  # as the trainers do
         history = model.fit(*args, callbacks=[guard, *(callbacks or [])], **kwargs)
         if guard.reason is not None:
             raise kt.errors.FailedTrialError(f"diverged: {guard.reason}")
