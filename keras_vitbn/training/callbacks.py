@@ -104,7 +104,8 @@ class InputReplay(keras.callbacks.Callback):
         batches = int(self.dataset.cardinality())
         progress = keras.utils.Progbar(epoch * batches if batches > 0 else None, verbose=self.verbose, unit_name="batch")
         if self.verbose:
-            print(f"[keras_vitbn] replaying the input pipeline of the {epoch} completed epochs (no training)", flush=True)
+            print(f"[keras_vitbn] replaying the input pipeline through {epoch} completed epoch{'s' * (epoch > 1)} "
+                  "(no training), so the rest sees the images an uninterrupted run would", flush=True)
         for _ in range(epoch):
             for _ in self.dataset:
                 progress.add(1)
