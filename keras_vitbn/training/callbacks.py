@@ -15,6 +15,8 @@ import time
 import keras
 import numpy as np
 
+from keras_vitbn.data import datasets
+
 COLUMNS = (
     "epoch",
     "loss",
@@ -82,8 +84,8 @@ class InputReplay(keras.callbacks.Callback):
     k would see epoch 1's images again in epoch k + 1. Replaying the k epochs
     (without the model) advances it exactly as the interrupted run had, and the
     resumed run ends bit for bit where an uninterrupted one does. It runs at
-    the first epoch's start, after Keras' own look at one batch in `fit`,
-    which an uninterrupted run makes at the same point of its sequence.
+    the first epoch's start, after Keras' own look at one batch in `fit` (JAX
+    and torch backends), which an uninterrupted run makes at the same point.
     """
 
     def __init__(self, dataset, verbose=0):
@@ -101,8 +103,8 @@ class InputReplay(keras.callbacks.Callback):
         self.replayed = epoch
         if epoch == 0:
             return
-        batches = int(self.dataset.cardinality())
-        progress = keras.utils.Progbar(epoch * batches if batches > 0 else None, verbose=self.verbose, unit_name="batch")
+        batches = datasets.epoch_steps(self.dataset)
+        progress = keras.utils.Progbar(batches and epoch * batches, verbose=self.verbose, unit_name="batch")
         if self.verbose:
             print(f"[keras_vitbn] replaying the input pipeline through {epoch} completed epoch{'s' * (epoch > 1)} "
                   "(no training), so the rest sees the images an uninterrupted run would", flush=True)

@@ -327,7 +327,8 @@ def train(config, callbacks=None, overwrite=False, verbose="auto", command=None)
         train_ds, val_ds, test_ds, test_aug_ds, provenance = load_data(config, dist, splits)
         if provenance.get("warning"):
             print(f"\n{'!' * 78}\n[keras_vitbn] WARNING: {provenance['warning']}\n{'!' * 78}\n", flush=True)
-        steps_per_epoch = datasets.epoch_steps(train_ds) or math.ceil(provenance["train_images"] / config.batch_size)
+        fit_steps = datasets.epoch_steps(train_ds)  # to fit: one shuffle and augmentation draw per epoch
+        steps_per_epoch = fit_steps or math.ceil(provenance["train_images"] / config.batch_size)
         model = build_model(config, tuple(provenance["image_shape"]), provenance["num_classes"])
         if dist is not None:
             dist.prepare_model(model)  # synchronised BatchNorm on TensorFlow replicas
@@ -392,7 +393,7 @@ def train(config, callbacks=None, overwrite=False, verbose="auto", command=None)
             model.fit(
                 train_ds,
                 epochs=config.epochs,
-                steps_per_epoch=datasets.epoch_steps(train_ds),  # one shuffle and augmentation draw per epoch
+                steps_per_epoch=fit_steps,
                 validation_data=val_ds,
                 shuffle=False,  # train_ds is shuffled by tf.data with the run's seed
                 callbacks=run_callbacks,
