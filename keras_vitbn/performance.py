@@ -20,7 +20,13 @@ import os
 #   difference is within noise (ViT 499 with 8 vs 511 images/s with 1, interleaved).
 # - torch: eager. torch.compile (jit_compile=True) was slower: ViTBNFFN 658 vs 710 images/s,
 #   interleaved, 7 windows (torch 2.13.0); "auto" means eager anyway, and the
-#   torch backend only supports steps_per_execution=1.
+#   torch backend only supports steps_per_execution=1. Measured again on 2026-12-01
+#   (in-process, interleaved, 8 windows of 20 steps): ViT 821 compiled vs 682 eager,
+#   ViTBNFFN 639 vs 629, after 100-160 s of compiling each model (Dynamo's recompile
+#   limit raised to 64; at its default of 8 ViTBNFFN fell back to eager frames and
+#   trained at 547 vs 588). For the ViT that pays back after about 8 epochs of 60,000
+#   images here, for ViTBNFFN never, so eager stays the default; the trainers'
+#   `--jit-compile true` is the option for long ViT runs.
 FIT_SETTINGS = {
     "jax": {"jit_compile": True, "steps_per_execution": 8},
     "tensorflow": {"jit_compile": True, "steps_per_execution": 8},
@@ -69,7 +75,9 @@ def attention_kernel(tensor=None):
       (ViT, depth 6, batch 100, 2-core AMD EPYC, 470 GFLOP/s matmul peak), images/s before ->
       after: TensorFlow 1491 -> 1799, JAX (2 devices) 1250 -> 1372; ViTBNFFN
       TensorFlow 1673 -> 1762, JAX 1339 -> 1367.
-    - `matmul`: plain matrix products, autodiff. torch on the CPU, where
+    - `matmul`: plain matrix products, autodiff, with q, k and v projected by
+      the fused kernel's three column blocks (no split of the projection's
+      output, whose gradient is a large concatenation). torch on the CPU, where
       `scaled_dot_product_attention` picks PyTorch's CPU flash-attention kernel
       (a ViTBNFFN training step 1.3x slower: 455 vs 586 images/s), and
       TensorFlow on the CPU without XLA, where the multiply-sum would not be fused.

@@ -84,6 +84,12 @@ def test_attention_matches_explicit_softmax(kernel, monkeypatch):
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
 
 
+def _autodiff_attention(qkv, heads, scale):
+    """softmax(q k^T * scale) v from the fused projection, as plain matmuls with autodiff's gradient."""
+    _, _, v, weights = attention._weights(qkv, heads, scale)
+    return attention._merge_heads(keras.ops.matmul(weights, v))
+
+
 @pytest.mark.parametrize("xla", [False, True], ids=["traced", "xla"])
 def test_xla_cpu_attention_gradient_matches_autodiff(xla):
     # The hand-written gradient against autodiff of the same math as plain matmuls,
@@ -91,12 +97,32 @@ def test_xla_cpu_attention_gradient_matches_autodiff(xla):
     rng = np.random.default_rng(2)
     qkv = rng.normal(size=(3, 7, 3 * 2 * 4)).astype("float32")  # 2 heads of width 4
     upstream = keras.ops.convert_to_tensor(rng.normal(size=(3, 7, 2 * 4)).astype("float32"))
-    (expected,) = gradients(lambda t: attention._matmul_attention(t, 2, 0.5) * upstream, (qkv,), xla=xla)
+    (expected,) = gradients(lambda t: _autodiff_attention(t, 2, 0.5) * upstream, (qkv,), xla=xla)
     (got,) = gradients(lambda t: attention._xla_cpu_attention(t, 2, 0.5) * upstream, (qkv,), xla=xla)
     for name, part in zip("qkv", range(3)):
         e, g = (a[..., part * 8 : (part + 1) * 8] for a in (expected, got))
         assert np.abs(e).max() > 1e-3, f"d{name} is zero: the test would not see a wrong gradient"
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
+
+
+def test_sliced_projection_gradient_matches_fused():
+    # q, k, v as three products with the kernel's column blocks: the same gradients, for the
+    # projection's input and for each block of the kernel, as one product and a split.
+    rng = np.random.default_rng(3)
+    h = rng.normal(size=(3, 7, 6)).astype("float32")
+    kernel = rng.normal(size=(6, 3 * 2 * 4)).astype("float32")  # 2 heads of width 4
+    upstream = keras.ops.convert_to_tensor(rng.normal(size=(3, 7, 2 * 4)).astype("float32"))
+    fused = lambda x, w: _autodiff_attention(keras.ops.matmul(x, w), 2, 0.5) * upstream  # noqa: E731
+    sliced = lambda x, w: attention._sliced_matmul_attention(x, w, 2, 0.5) * upstream  # noqa: E731
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(sliced(h, kernel)), keras.ops.convert_to_numpy(fused(h, kernel)), rtol=1e-5, atol=1e-6
+    )
+    expected, got = gradients(fused, (h, kernel)), gradients(sliced, (h, kernel))
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-4, atol=1e-5, err_msg="d input")
+    for name, part in zip("qkv", range(3)):
+        e, g = (a[:, part * 8 : (part + 1) * 8] for a in (expected[1], got[1]))
+        assert np.abs(e).max() > 1e-3, f"d kernel {name} is zero: the test would not see a wrong gradient"
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=f"d kernel {name}")
 
 
 @pytest.mark.parametrize(
@@ -206,3 +232,25 @@ def test_attention_path_on_real_inputs(monkeypatch):
     assert chosen == [expected]
     if keras.backend.backend() == "torch" and keras.ops.zeros((1,)).device.type == "cpu":
         assert chosen == ["matmul"]
+
+
+@pytest.mark.parametrize(
+    "layer, input_shape",
+    [
+        (lambda rate: AttentionBlock(dim=8, heads=2, dim_head=4, dropout=rate), (2, 4, 8)),
+        (lambda rate: FeedForward(dim=8, mlp_dim=16, dropout=rate), (2, 4, 8)),
+        (lambda rate: PatchEmbedding(image_size=8, patch_size=4, dim=8, channels=1, dropout=rate), (2, 8, 8, 1)),
+    ],
+    ids=["attention", "ffn", "patch_embedding"],
+)
+def test_dropout_applies_only_in_training(layer, input_shape):
+    # A dropout of 0 is an Identity sublayer that the blocks skip; a positive rate must still drop.
+    x = np.random.default_rng(4).normal(size=input_shape).astype("float32")
+    for rate in (0.0, 0.5):
+        block = layer(rate)
+        inference = keras.ops.convert_to_numpy(block(x, training=False))
+        training = keras.ops.convert_to_numpy(block(x, training=True))
+        if rate:
+            assert not np.allclose(training, inference), "dropout changed nothing in training"
+        else:
+            np.testing.assert_allclose(training, inference, rtol=1e-6)

@@ -2,6 +2,7 @@ import keras
 
 from keras_vitbn.layers.attention import AttentionBlock
 from keras_vitbn.layers.feed_forward import FeedForward
+from keras_vitbn.layers.identity import call_unless_identity
 from keras_vitbn.layers.norms import check_norm, make_norm
 from keras_vitbn.layers.validation import check_positive
 
@@ -78,7 +79,7 @@ class Encoder(keras.layers.Layer):
         for attention, ffn in zip(self.attention_blocks, self.ffn_blocks):
             x = attention(x, training=training)
             x = ffn(x, training=training)
-        return self.final_norm(x, training=training)
+        return call_unless_identity(self.final_norm, x, training=training)
 
     def compute_output_shape(self, input_shape):
         return input_shape

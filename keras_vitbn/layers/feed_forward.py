@@ -1,7 +1,7 @@
 import keras
 
-from keras_vitbn.layers.attention import dropout_or_identity
 from keras_vitbn.layers.initializers import torch_dense
+from keras_vitbn.layers.identity import call_unless_identity, dropout_or_identity
 from keras_vitbn.layers.norms import make_norm
 from keras_vitbn.layers.validation import check_choice, check_positive, check_rate
 
@@ -65,13 +65,12 @@ class FeedForward(keras.layers.Layer):
         self.out_dropout = dropout_or_identity(self.dropout, "out_dropout", dtype)
 
     def call(self, x, training=None):
-        h = self.pre_norm(x, training=training)
+        h = call_unless_identity(self.pre_norm, x, training=training)
         h = self.fc1(h)
-        h = self.hidden_norm(h, training=training)
+        h = call_unless_identity(self.hidden_norm, h, training=training)
         h = keras.activations.gelu(h, approximate=False)
-        h = self.hidden_dropout(h, training=training)
-        h = self.out_dropout(self.fc2(h), training=training)
-        return x + h
+        h = call_unless_identity(self.hidden_dropout, h, training=training)
+        return x + call_unless_identity(self.out_dropout, self.fc2(h), training=training)
 
     def compute_output_shape(self, input_shape):
         return input_shape

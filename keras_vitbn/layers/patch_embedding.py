@@ -2,7 +2,8 @@ import keras
 from keras import ops
 
 from keras_vitbn.layers.initializers import torch_dense
-from keras_vitbn.layers.norms import make_norm, check_norm
+from keras_vitbn.layers.identity import call_unless_identity, dropout_or_identity
+from keras_vitbn.layers.norms import check_norm, make_norm
 from keras_vitbn.layers.validation import check_choice, check_positive, check_rate, image_hw
 
 POSITION_EMBEDDINGS = ("learned", "sincos")
@@ -100,11 +101,7 @@ class PatchEmbedding(keras.layers.Layer):
             )
         else:
             self.position_embedding = sincos_position_embedding(self.num_patches + 1, self.dim)
-        self.token_dropout = (
-            keras.layers.Dropout(self.dropout, name="token_dropout", dtype=self.dtype_policy)
-            if self.dropout
-            else keras.layers.Identity(name="token_dropout", dtype=self.dtype_policy)
-        )
+        self.token_dropout = dropout_or_identity(self.dropout, "token_dropout", self.dtype_policy)
 
     def patchify(self, images):
         """(B, H, W, C) -> (B, num_patches, p * p * C) in (p1, p2, c) order."""
@@ -117,13 +114,13 @@ class PatchEmbedding(keras.layers.Layer):
     def call(self, images, training=None):
         self.check_input_shape(images.shape)  # static shapes: free at trace time
         x = self.patchify(images)
-        x = self.patch_norm(x, training=training)
+        x = call_unless_identity(self.patch_norm, x, training=training)
         x = self.projection(x)
-        x = self.embedding_norm(x, training=training)
+        x = call_unless_identity(self.embedding_norm, x, training=training)
         cls = ops.broadcast_to(ops.cast(self.cls_token, x.dtype), (ops.shape(x)[0], 1, self.dim))
         x = ops.concatenate([cls, x], axis=1)
         x = x + ops.cast(self.position_embedding, x.dtype)
-        return self.token_dropout(x, training=training)
+        return call_unless_identity(self.token_dropout, x, training=training)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_patches + 1, self.dim)
