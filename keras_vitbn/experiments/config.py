@@ -140,12 +140,17 @@ class ExperimentConfig:
         return dataclasses.replace(self, **changes)
 
     def runs(self):
-        """Every RunSpec of the grid, ordered depth, learning rate, seed, model."""
+        """Every RunSpec of the grid, ordered seed, learning rate, depth, model.
+
+        Seed outermost: a sweep stopped part-way has whole curves over depth (both
+        models, every learning rate) for its first seeds, which already answer
+        something; later seeds only narrow the intervals.
+        """
         return [
             RunSpec(model, depth, float(lr), int(seed))
-            for depth in self.depths
-            for lr in self.learning_rates
             for seed in self.seeds
+            for lr in self.learning_rates
+            for depth in self.depths
             for model in self.models
         ]
 

@@ -25,7 +25,9 @@ import time
 import traceback
 
 CACHE_VERSION = 1
-HASH_EXCLUDE = ("output_dir", "mlflow")
+# Data folders are where the data sit, not which data: leaving them out keeps a cache
+# (and committed results) valid in another checkout; `dataset` and `source` still count.
+HASH_EXCLUDE = ("output_dir", "mlflow", "data_dir", "test_data_dir")
 DONE = ("completed", "diverged")
 RUNNER_FILE = "runner.json"
 LOCK_FILE = "runner.lock"
@@ -103,7 +105,7 @@ def _empty(value):
 def hash_key(train_dict):
     """The part of a resolved train config that identifies a run.
 
-    Leaves out output_dir and mlflow, and fields whose value is empty (None, {}, [],
+    Leaves out `HASH_EXCLUDE` (output folder, MLflow, data locations), and fields whose value is empty (None, {}, [],
     ""): a field the trainer adds later with an empty default (as `distribute_options`
     was) then leaves existing hashes, and so the cache, unchanged.
     """
