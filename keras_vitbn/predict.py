@@ -86,13 +86,15 @@ def class_names_for(model_path, num_classes, override=None):
 
 
 def load_image(path, height, width, channels, invert="auto"):
-    """Decodes an image file into a (height, width, channels) float32 array in [0, 1].
+    """Decodes an image file (a path or a binary file object) into a (height, width, channels) float32 array in [0, 1].
 
     Returns (array, notes): notes say what was converted.
     """
     from PIL import Image, UnidentifiedImageError
 
-    if not os.path.exists(path):
+    is_path = isinstance(path, (str, os.PathLike))
+    name = path if is_path else getattr(path, "name", "upload")  # file objects: keras_vitbn.serve's uploads
+    if is_path and not os.path.exists(path):
         raise InputError(f"image {path} does not exist")
     try:
         with Image.open(path) as image:
@@ -111,7 +113,7 @@ def load_image(path, height, width, channels, invert="auto"):
                 image = image.resize((width, height), Image.BILINEAR)
                 notes.append(f"resized {original_size[0]}x{original_size[1]} to {width}x{height}")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise InputError(f"cannot decode image {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+        raise InputError(f"cannot decode image {name}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
     array = np.asarray(image, np.float32) / 255.0
     if array.ndim == 2:
         array = array[..., None]
