@@ -200,3 +200,47 @@ def test_benchmark_uses_the_trainers_device_default(shared_data, monkeypatch):
     assert measured["devices"] == (2 if two else 1), measured.get("distribution")
     assert results["same_work"] is True
     assert ("devices=2" in format_markdown(results)) is two
+
+
+def test_results_csv_rows_and_appending(tmp_path):
+    """Each full run appends its summary rows to one CSV per machine and setting, header once."""
+    import csv
+
+    from keras_vitbn.benchmark import results_csv
+    from keras_vitbn.benchmark.run import window_range
+
+    def run(rate, first_loss):
+        return {"train_images_per_s": rate, "train_window_seconds": [0.25, 0.2, 0.3], "first_step_loss": first_loss,
+                "warmup_epoch_loss": 2.0, "matmul_peak_flops": 4e11, "devices": 1, "compile_seconds": 12.34,
+                "peak_rss_mib": 2048.4}
+
+    def results(policy):
+        found = {
+            "command": "/src/keras_vitbn/benchmark/__main__.py --epoch-repeats 5", "date": "2026-12-02T13:05:00+00:00",
+            "machine": {"processor": "AMD EPYC", "cpu_id": "AMD EPYC (family 25, model 17)", "cpu_count": 2},
+            "config": {"depth": 6, "batch_size": 100, "dtype_policy": policy, "training_flops_per_image": 1e8},
+            "runs": {"vit": {"yardstick": run(800.0, 2.3), "jax": run(1000.0, 2.30001), "torch": {"error": "exit status 1"}}},
+        }
+        _derive(found)
+        return found
+
+    measured = results("float32")
+    path = results_csv.default_path(measured, str(tmp_path))
+    assert os.path.basename(path) == "benchmark-amd-epyc-family-25-model-17-2cpu.csv"
+    assert results_csv.default_path(results("mixed_bfloat16"), str(tmp_path)).endswith("-2cpu-mixed_bfloat16.csv")
+    assert results_csv.append(measured, path, output="runs/benchmark/a") == 3
+    with open(path, "a") as f:
+        f.write("2026-12-02,13:0")  # a run killed mid-write
+    assert results_csv.append(measured, path, output="runs/benchmark/b") == 3
+    with open(path, newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [row["output"] for row in table] == ["runs/benchmark/a"] * 3 + [None] + ["runs/benchmark/b"] * 3
+    jax = table[-2]
+    assert (jax["date"], jax["time_utc"], jax["cpu"], jax["model"], jax["backend"]) == (
+        "2026-12-02", "13:05", "AMD EPYC (family 25, model 17)", "ViT", "jax")
+    assert jax["command"] == "python -m keras_vitbn.benchmark --epoch-repeats 5"
+    assert (jax["train_images_per_s"], jax["x_yardstick"], jax["same_work"]) == ("1000", "1.25", "yes")
+    assert (jax["matmul_peak_gflops"], jax["pct_matmul_peak"]) == ("400", "25")  # 1000 images/s x 1e8 FLOPs
+    assert f"{jax['window_slowest']}-{jax['window_fastest']}" == window_range(measured["runs"]["vit"]["jax"])
+    assert table[-1]["note"] == "failed: exit status 1" and table[-1]["train_images_per_s"] == ""
+    assert build_parser().parse_args([]).results_csv == "auto"

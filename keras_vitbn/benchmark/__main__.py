@@ -5,6 +5,7 @@ import datetime
 import os
 import sys
 
+from keras_vitbn.benchmark import results_csv
 from keras_vitbn.benchmark.run import BACKENDS, DEFAULT_DATA, MODELS, format_markdown, run_benchmark, write_results
 from keras_vitbn.training.config import DTYPE_POLICIES
 
@@ -51,6 +52,11 @@ def build_parser():
     )
     parser.add_argument("--data-root", default=DEFAULT_DATA, help="the shared data folder")
     parser.add_argument("--output", default=None, help="write OUTPUT.json and OUTPUT.md (default runs/benchmark/<time>)")
+    parser.add_argument(
+        "--results-csv", default="auto", metavar="PATH",
+        help="append one row per model and backend to this CSV; auto (default): "
+        "results/benchmarks/benchmark-<cpu>-<n>cpu[-<dtype policy>].csv, except with --smoke; none: no CSV",
+    )
     parser.add_argument("--smoke", action="store_true", help="a short structural run (depth 1, 2 steps) for CI")
     return parser
 
@@ -73,9 +79,16 @@ def main(argv=None):
     )
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     results = run_benchmark(**kwargs, partial_path=output + ".partial.json")
+    results["machine"]["cpu_id"] = results_csv.cpu_id()
     print(format_markdown(results))
     json_path, md_path = write_results(results, output)
     print(f"wrote {json_path} and {md_path}")
+    csv_path = args.results_csv
+    if csv_path == "auto":
+        csv_path = None if args.smoke else results_csv.default_path(results)
+    if csv_path and csv_path != "none":
+        count = results_csv.append(results, csv_path, output=output)
+        print(f"appended {count} rows to {csv_path}")
     return 0 if results["same_work"] else 1
 
 
