@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from keras_vitbn.experiments import stats
+from keras_vitbn.experiments import article, budget, stats
 
 DISPLAY = {
     "vit": "ViT",
@@ -602,7 +602,13 @@ def robustness_table(a):
     return _table(rows, header), data
 
 
-def _setup_lines(a, command):
+def _shown_path(path, out_dir):
+    """`path` relative to the report's folder when it lies inside it (committed results move)."""
+    rel = os.path.relpath(path, out_dir)
+    return rel if not rel.startswith("..") else path
+
+
+def _setup_lines(a, command, out_dir):
     cfg = a.cfg
     statuses = [r.status for r in a.records]
     n = len(statuses)
@@ -629,7 +635,7 @@ def _setup_lines(a, command):
     ]
     dirs = sorted({os.path.dirname(r.run_dir) for r in a.records if r.run_dir})
     if dirs:
-        rows.append(["run folders", ", ".join(f"`{d}`" for d in dirs)])
+        rows.append(["run folders", ", ".join(f"`{_shown_path(d, out_dir)}`" for d in dirs)])
     out = _table(rows, ["", ""])
     if command:
         out += ["", f"Reproduce: `{command}`"]
@@ -681,7 +687,7 @@ def build_report(cfg, records, out_dir, command=None, backend=None):
         "",
         "## Setup",
         "",
-        *_setup_lines(a, command),
+        *_setup_lines(a, command, out_dir),
         "",
         "## How the numbers are computed",
         "",
@@ -720,7 +726,9 @@ def build_report(cfg, records, out_dir, command=None, backend=None):
         md.append(
             f"- Critical depth: the smallest tested depth d such that {t} is significantly "
             f"better than {b} (Welch, p < 0.05, positive difference) at d and at every larger "
-            "tested depth; 'first significant depth' ignores what happens deeper."
+            "tested depth; 'first significant depth' ignores what happens deeper. Its uncertainty: "
+            f"the depth from which {t}'s mean is ahead at every deeper depth, recomputed on 2,000 "
+            "bootstrap resamples of the seeds (percentile 95% interval)."
         )
     if len(a.lrs) > 1:
         md.append(
@@ -742,6 +750,14 @@ def build_report(cfg, records, out_dir, command=None, backend=None):
              for c in claims],
             ["claim", "verdict", "evidence (these runs)"],
         )
+    anchors = article.article_rows(a)
+    summary["article"] = anchors
+    if anchors:
+        md += ["", "### Beside the article's own numbers", "",
+               "The article's figures are for MNIST; on another dataset compare the drops and "
+               "depths, not the accuracy levels.", ""]
+        md += _table([[r["anchor"], r["article"], r["ours"], r["verdict"]] for r in anchors],
+                     ["anchor", "article", "these runs", "agreement"])
 
     md += ["", "## Final accuracy", ""]
     for metric in a.metrics:
@@ -776,6 +792,8 @@ def build_report(cfg, records, out_dir, command=None, backend=None):
                 f"significantly better at {_depth_list(crit['better'])}, significantly worse at "
                 f"{_depth_list(crit['worse'])}, no significant difference at {_depth_list(crit['ns'])}"
                 + (f", untestable at {_depth_list(crit['na'])}" if crit["na"] else "")
+                + f". Uncertainty (mean rule: {t} ahead at d and every deeper depth): "
+                + article.describe_bootstrap(article.critical_depth_uncertainty(a, lr))
                 + "."
             )
         md.append("")
@@ -826,6 +844,9 @@ def build_report(cfg, records, out_dir, command=None, backend=None):
         )
     md += _table(rows, ["depth", f"{b} s/epoch", f"{t} s/epoch", f"{t}/{b} time",
                         f"{b} images/s", f"{t} images/s"])
+
+    md += ["", "## Compute budget", "", *budget.budget_lines(a, name)]
+    summary["budget"] = {k: v for k, v in budget.estimate(a.records).items() if k != "per_cell"}
 
     md += ["", "## Runs", ""]
     rows = []

@@ -1,0 +1,162 @@
+"""One grid cell trained on every backend: the curves side by side, and whether the conclusion holds.
+
+    python -m keras_vitbn.experiments.cross_backend --runs results/depth_sweep/fashion_mnist/runs \
+        --model vit_bnffn --depth 6 --lr 0.005 --seed 0 --out results/cross_backend/fashion_mnist
+
+Reads the run folders of that cell (one per backend, told apart by their runner.json),
+the baseline's (ViT's) runs of the same cell where they exist, and every seed of the cell
+on any backend for the seed-to-seed spread. Trains nothing. Writes report.md, curves.png
+and summary.json into --out.
+
+The conclusion is "the treatment is ahead of (or behind) the baseline in this cell"; it does
+not depend on the backend when every backend that trained both models gives the same sign.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from keras_vitbn.experiments.runner import DONE, RUNNER_FILE, read_history, run_status
+from keras_vitbn.files import read_json, save_figure, write_json, write_text
+
+METRICS = ("test_aug_accuracy", "test_accuracy")
+VERDICT = {
+    "incomplete": "incomplete: not every backend has trained both models of this cell yet.",
+    "does not depend on the backend":
+        "the conclusion **does not depend on the backend**: the sign of {model} - {baseline} "
+        "is the same on every backend.",
+    "depends on the backend":
+        "the conclusion **depends on the backend**: the sign of {model} - {baseline} differs.",
+}
+
+
+def find_runs(runs_dir, model, depth, lr, seed=None):
+    """[(backend, seed, history)] of the finished runs of a cell; every seed when seed is None."""
+    prefix = f"{model}-d{depth}-lr{lr:g}-s"
+    out = []
+    for name in sorted(os.listdir(runs_dir)):
+        if not name.startswith(prefix):
+            continue
+        run_dir = os.path.join(runs_dir, name)
+        meta = read_json(os.path.join(run_dir, RUNNER_FILE)) or {}
+        spec = meta.get("spec") or {}
+        if run_status(run_dir)[0] not in DONE or (seed is not None and spec.get("seed") != seed):
+            continue
+        out.append((meta.get("backend", "?"), spec.get("seed"), read_history(run_dir)))
+    return out
+
+
+def final(history, metric):
+    return float(history[-1].get(metric, np.nan)) if history else float("nan")
+
+
+BACKEND_COLORS = {"tensorflow": "tab:orange", "jax": "tab:blue", "torch": "tab:red"}
+
+
+def plot(cell, baseline, path, title, names):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], METRICS):
+        for runs, style, label in ((cell, "-", names[0]), (baseline, ":", names[1])):
+            for backend, _, hist in runs:
+                epochs = [h["epoch"] for h in hist]
+                ax.plot(epochs, [100 * h.get(metric, np.nan) for h in hist], style, marker="o",
+                        markersize=3, color=BACKEND_COLORS.get(backend), label=f"{backend}: {label}")
+        ax.set(title=metric.replace("_", " "), xlabel="epoch", ylabel="accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)
+
+
+def summarize(cell, baseline, seeds):
+    """Final accuracies per backend, the backend spread, the seed spread and the verdict."""
+    metric = METRICS[0]
+    per_backend = {b: final(h, metric) for b, _, h in cell}
+    base = {b: final(h, metric) for b, _, h in baseline}
+    signs = {b: float(np.sign(per_backend[b] - base[b])) for b in per_backend if b in base}
+    seed_finals = [final(h, metric) for _, _, h in seeds]
+    values = list(per_backend.values())
+    if len(per_backend) < 3 or len(signs) < 2:
+        verdict = "incomplete"
+    elif len(set(signs.values())) == 1:
+        verdict = "does not depend on the backend"
+    else:
+        verdict = "depends on the backend"
+    return dict(
+        metric=metric,
+        final=per_backend,
+        baseline_final=base,
+        sign=signs,
+        backend_spread=float(np.ptp(values)) if values else float("nan"),
+        seed_sd=float(np.std(seed_finals, ddof=1)) if len(seed_finals) > 1 else float("nan"),
+        seeds=len(seed_finals),
+        verdict=verdict,
+    )
+
+
+def report_lines(args, s):
+    rows = [f"| {b} | {100 * v:.2f} | "
+            + (f"{100 * s['baseline_final'][b]:.2f} | {100 * (v - s['baseline_final'][b]):+.2f}"
+               if b in s["baseline_final"] else "— | —") + " |"
+            for b, v in sorted(s["final"].items())]
+    sd = "n/a" if not np.isfinite(s["seed_sd"]) else f"{100 * s['seed_sd']:.2f} pp"
+    return [
+        f"# Cross-backend check: {args.model}, depth {args.depth}, lr {args.lr:g}, seed {args.seed}",
+        "",
+        "The same cell of the depth sweep (same config, seed and data) trained on each Keras "
+        f"backend; final-epoch {s['metric'].replace('_', ' ')} in %.",
+        "",
+        f"| backend | {args.model} | {args.baseline} | difference (pp) |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+        f"- Spread between backends: {100 * s['backend_spread']:.2f} pp; seed-to-seed s.d. of "
+        f"this cell over {s['seeds']} runs (any backend, any seed): {sd}.",
+        f"- Verdict: {VERDICT[s['verdict']].format(model=args.model, baseline=args.baseline)}",
+        "",
+        "![curves](curves.png)",
+        "",
+    ]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m keras_vitbn.experiments.cross_backend",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--runs", required=True, help="run folders of the sweep")
+    p.add_argument("--model", default="vit_bnffn")
+    p.add_argument("--baseline", default="vit")
+    p.add_argument("--depth", type=int, default=6)
+    p.add_argument("--lr", type=float, default=0.005)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    if not os.path.isdir(args.runs):
+        print(f"error: no run folders at {args.runs}; train the cell first "
+              "(bash experiments/evidence.sh)", file=sys.stderr)
+        return 2
+    cell = find_runs(args.runs, args.model, args.depth, args.lr, args.seed)
+    baseline = find_runs(args.runs, args.baseline, args.depth, args.lr, args.seed)
+    seeds = find_runs(args.runs, args.model, args.depth, args.lr)
+    s = summarize(cell, baseline, seeds)
+    os.makedirs(args.out, exist_ok=True)
+    plot(cell, baseline, os.path.join(args.out, "curves.png"),
+         f"{args.model} vs {args.baseline}, depth {args.depth}, lr {args.lr:g}, seed {args.seed}",
+         (args.model, args.baseline))
+    write_text(os.path.join(args.out, "report.md"), "\n".join(report_lines(args, s)))
+    write_json(os.path.join(args.out, "summary.json"), s)
+    print(f"cross-backend: {s['verdict']} ({', '.join(sorted(s['final'])) or 'no runs'}); "
+          f"report {os.path.join(args.out, 'report.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
