@@ -21,9 +21,12 @@ import os
 import warnings
 
 import numpy as np
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from scipy import stats as _st
 
 from keras_vitbn.experiments import article, budget, stats
+from keras_vitbn.files import save_figure, write_text
 
 DISPLAY = {
     "vit": "ViT",
@@ -370,8 +373,6 @@ def evaluate_claims(a):
 
 
 def _new_figure(nrows, ncols, w=3.6, h=2.9):
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(w * ncols, h * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, axes
@@ -417,13 +418,11 @@ def plot_curves(a, lr, metric, path):
         f"{METRIC_LABEL.get(metric, metric)} (mean ± 1 s.d. over seeds)",
         fontsize=11,
     )
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_final_vs_depth(a, metric, path):
     """Final accuracy vs depth per learning rate, mean with 95% CI of each mean."""
-    from scipy import stats as st
-
     fig, axes = _new_figure(1, len(a.lrs), w=4.2, h=3.2)
     depths = [d for d in a.depths if d is not None]
     for ax, lr in zip(axes[0], a.lrs):
@@ -432,7 +431,7 @@ def plot_final_vs_depth(a, metric, path):
             for d in depths:
                 m, s, n = stats.summarize(a.finals(model, d, lr, metric))
                 means.append(100 * m)
-                errs.append(100 * s / math.sqrt(n) * st.t.ppf(0.975, n - 1) if n > 1 else 0)
+                errs.append(100 * s / math.sqrt(n) * _st.t.ppf(0.975, n - 1) if n > 1 else 0)
             xs = np.array(depths, dtype=float) + (j - 0.5) * 0.12
             ax.errorbar(xs, means, yerr=errs, color=color, marker="o", capsize=3, label=name(model))
         ax.set_title(f"lr {lr:g}", fontsize=10)
@@ -442,7 +441,7 @@ def plot_final_vs_depth(a, metric, path):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Final accuracy vs depth (mean, 95% CI of the mean over seeds)", fontsize=11)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_lr_drop(a, path):
@@ -473,7 +472,7 @@ def plot_lr_drop(a, path):
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 # ---------------------------------------------------------------------------- markdown
@@ -642,87 +641,41 @@ def _setup_lines(a, command, out_dir):
     return out
 
 
-def build_report(cfg, records, out_dir, command=None, backend=None):
-    """Writes report.md, figures (PNG) and summary.json into `out_dir`; returns the summary.
+class _Output:
+    """Where a report's sections put their figures and machine-readable numbers."""
 
-    Args:
-        cfg: ExperimentConfig. The grid and the reporting options.
-        records: list of RunRecord.
-        out_dir: str. Output folder (created).
-        command: str or None. The command line that reproduces the report.
-        backend: str or None. Keras backend the runs used (for the setup table).
-    """
-    os.makedirs(out_dir, exist_ok=True)
-    a = Analysis(cfg, records, backend=backend)
-    b, t = name(a.baseline), name(a.treatment)
-    multi_depth = len([d for d in a.depths if d is not None]) > 1
-    summary = dict(
-        experiment=cfg.name,
-        baseline=a.baseline,
-        treatment=a.treatment,
-        method=stats.METHOD,
-        diverged_policy=cfg.diverged,
-        comparisons={},
-        curve_mean_comparisons={},
-        critical_depth={},
-        robustness=None,
-        timing={},
-        claims=[],
-        figures=[],
-    )
-    figures = []
+    def __init__(self, out_dir, summary):
+        self.out_dir = out_dir
+        self.summary = summary
+        self.figures = []
 
-    def fig(path_name, fn, *args):
-        path = os.path.join(out_dir, path_name)
-        fn(*args, path)
-        figures.append(path_name)
+    def figure(self, path_name, fn, *args):
+        fn(*args, os.path.join(self.out_dir, path_name))
+        self.figures.append(path_name)
         return path_name
 
+
+def _method_section(a):
+    cfg = a.cfg
+    b, t = name(a.baseline), name(a.treatment)
     md = [
-        f"# Experiment report: {cfg.name}",
-        "",
-        f"Generated {datetime.datetime.now().isoformat(timespec='seconds')} by "
-        "`keras_vitbn.experiments` from the runs below. Accuracies in %, differences in "
-        "percentage points (pp).",
-        "",
-        "## Setup",
-        "",
-        *_setup_lines(a, command, out_dir),
-        "",
         "## How the numbers are computed",
         "",
         f"- Final accuracy: the {METRIC_LABEL.get(cfg.primary_metric, cfg.primary_metric)} "
         f"after the last epoch ({cfg.epochs}), per seed; tables give mean ± sample s.d. over seeds.",
         "- " + stats.METHOD,
-    ]
-    if cfg.diverged == "chance":
-        md.append(
+        (
             f"- Diverged runs (NaN loss) are results, not errors: from the epoch they diverged "
             f"on, their accuracy counts as chance ({100 * a.chance:.0f}%), including the final "
             "accuracy. Cells show how many runs diverged (`div`)."
-        )
-    else:
-        md.append(
-            "- Diverged runs (NaN loss) are excluded from the statistics; cells show how many "
+            if cfg.diverged == "chance"
+            else "- Diverged runs (NaN loss) are excluded from the statistics; cells show how many "
             "diverged (`div`)."
-        )
-    md.append("- Failed or unfinished runs are left out and counted as `missing`.")
-    ns = [n for n in (len(a.finals(m, d, lr)) for m in cfg.models for d in a.depths for lr in a.lrs) if n]
-    if ns and min(ns) <= 3:
-        from scipy import stats as st
-
-        n = min(ns)
-        lo_t = st.t.ppf(0.975, 2 * (n - 1)) if n > 1 else float("nan")
-        hi_t = st.t.ppf(0.975, n - 1) if n > 1 else float("nan")
-        md.append(
-            f"- Power: with as few as {n} seed(s) per group, Welch's df lies between {n - 1} and "
-            f"{2 * (n - 1)}, so the 95% t-quantile is {lo_t:.1f} to {hi_t:.1f}: only large, "
-            "consistent differences can be significant, and 'inconclusive' is the expected verdict "
-            "for effects of a few points. More seeds (`--seeds`) narrow the intervals."
-            if n > 1
-            else "- Power: one seed per group: no test is possible (every comparison is n/a)."
-        )
-    if multi_depth:
+        ),
+        "- Failed or unfinished runs are left out and counted as `missing`.",
+    ]
+    md += _power_lines(a)
+    if _multi_depth(a):
         md.append(
             f"- Critical depth: the smallest tested depth d such that {t} is significantly "
             f"better than {b} (Welch, p < 0.05, positive difference) at d and at every larger "
@@ -740,146 +693,213 @@ def build_report(cfg, records, out_dir, command=None, backend=None):
         "- Learning curves: mean over seeds with a band of ± 1 sample s.d.; 'mean over epochs' "
         "(the area under the learning curve divided by the epochs) measures convergence speed."
     )
+    return md
 
+
+def _power_lines(a):
+    cfg = a.cfg
+    ns = [n for n in (len(a.finals(m, d, lr)) for m in cfg.models for d in a.depths for lr in a.lrs) if n]
+    if not ns or min(ns) > 3:
+        return []
+    n = min(ns)
+    if n == 1:
+        return ["- Power: one seed per group: no test is possible (every comparison is n/a)."]
+    lo_t, hi_t = _st.t.ppf(0.975, 2 * (n - 1)), _st.t.ppf(0.975, n - 1)
+    return [
+        f"- Power: with as few as {n} seed(s) per group, Welch's df lies between {n - 1} and "
+        f"{2 * (n - 1)}, so the 95% t-quantile is {lo_t:.1f} to {hi_t:.1f}: only large, "
+        "consistent differences can be significant, and 'inconclusive' is the expected verdict "
+        "for effects of a few points. More seeds (`--seeds`) narrow the intervals."
+    ]
+
+
+def _multi_depth(a):
+    return len([d for d in a.depths if d is not None]) > 1
+
+
+def _claims_section(a, out):
     claims = evaluate_claims(a)
-    summary["claims"] = claims
+    out.summary["claims"] = claims
+    md = []
     if claims:
-        md += ["", "## The article's claims", ""]
+        md += ["## The article's claims", ""]
         md += _table(
             [[c["claim"], VERDICT_WORD.get(c["verdict"], "➖ " + c["verdict"]), c["evidence"]]
              for c in claims],
             ["claim", "verdict", "evidence (these runs)"],
         )
     anchors = article.article_rows(a)
-    summary["article"] = anchors
+    out.summary["article"] = anchors
     if anchors:
         md += ["", "### Beside the article's own numbers", "",
                "The article's figures are for MNIST; on another dataset compare the drops and "
                "depths, not the accuracy levels.", ""]
         md += _table([[r["anchor"], r["article"], r["ours"], r["verdict"]] for r in anchors],
                      ["anchor", "article", "these runs", "agreement"])
+    return md
 
-    md += ["", "## Final accuracy", ""]
+
+def _accuracy_sections(a, out):
+    cfg = a.cfg
+    md = ["## Final accuracy", ""]
     for metric in a.metrics:
-        summary["comparisons"][metric] = {}
+        out.summary["comparisons"][metric] = {}
         for lr in a.lrs:
             table, data = comparison_table(a, lr, metric)
-            summary["comparisons"][metric][_lr_key(lr)] = data
+            out.summary["comparisons"][metric][_lr_key(lr)] = data
             md += [f"### lr {lr:g}: final {METRIC_LABEL.get(metric, metric)}", "", *table, ""]
-    if multi_depth:
-        md += [f"![final accuracy vs depth]({fig('final_vs_depth.png', plot_final_vs_depth, a, cfg.primary_metric)})", ""]
-
+    if _multi_depth(a):
+        path = out.figure("final_vs_depth.png", plot_final_vs_depth, a, cfg.primary_metric)
+        md += [f"![final accuracy vs depth]({path})", ""]
     md += ["## Convergence: mean accuracy over epochs", ""]
     for lr in a.lrs:
         table, data = comparison_table(a, lr, cfg.primary_metric, kind="curve")
-        summary["curve_mean_comparisons"][_lr_key(lr)] = data
-        md += [f"### lr {lr:g}: {METRIC_LABEL.get(cfg.primary_metric)} averaged over epochs 1-{cfg.epochs}", "", *table, ""]
+        out.summary["curve_mean_comparisons"][_lr_key(lr)] = data
+        md += [f"### lr {lr:g}: {METRIC_LABEL.get(cfg.primary_metric)} averaged over epochs "
+               f"1-{cfg.epochs}", "", *table, ""]
+    return md
 
-    if multi_depth:
-        md += ["## Critical depth", ""]
-        for lr in a.lrs:
-            crit = a.critical_depth(lr)
-            summary["critical_depth"][_lr_key(lr)] = crit
-            cd = crit["critical_depth"]
-            text = (
-                f"**{cd}** ({t} significantly better at every tested depth >= {cd})"
-                if cd is not None
-                else f"**not found** (no depth from which {t} is significantly better at every deeper depth)"
-            )
-            md.append(
-                f"- lr {lr:g}: critical depth {text}; first significant depth: "
-                f"{crit['first_better'] if crit['first_better'] is not None else 'none'}; "
-                f"significantly better at {_depth_list(crit['better'])}, significantly worse at "
-                f"{_depth_list(crit['worse'])}, no significant difference at {_depth_list(crit['ns'])}"
-                + (f", untestable at {_depth_list(crit['na'])}" if crit["na"] else "")
-                + f". Uncertainty (mean rule: {t} ahead at d and every deeper depth): "
-                + article.describe_bootstrap(article.critical_depth_uncertainty(a, lr))
-                + "."
-            )
-        md.append("")
 
-    if len(a.lrs) > 1:
-        table, data = robustness_table(a)
-        summary["robustness"] = data
-        md += [
-            f"## Learning-rate robustness: lr {a.lrs[0]:g} -> {a.lrs[-1]:g}",
-            "",
-            f"Drop in final {METRIC_LABEL.get(cfg.primary_metric)} (pp, positive = worse at the "
-            f"higher learning rate).",
-            "",
-            *table,
-            "",
-            f"![learning-rate drop]({fig('lr_drop.png', plot_lr_drop, a)})",
-            "",
-        ]
+def _critical_depth_section(a, out):
+    if not _multi_depth(a):
+        return []
+    t = name(a.treatment)
+    md = ["## Critical depth", ""]
+    for lr in a.lrs:
+        crit = a.critical_depth(lr)
+        out.summary["critical_depth"][_lr_key(lr)] = crit
+        cd = crit["critical_depth"]
+        text = (
+            f"**{cd}** ({t} significantly better at every tested depth >= {cd})"
+            if cd is not None
+            else f"**not found** (no depth from which {t} is significantly better at every deeper depth)"
+        )
+        md.append(
+            f"- lr {lr:g}: critical depth {text}; first significant depth: "
+            f"{crit['first_better'] if crit['first_better'] is not None else 'none'}; "
+            f"significantly better at {_depth_list(crit['better'])}, significantly worse at "
+            f"{_depth_list(crit['worse'])}, no significant difference at {_depth_list(crit['ns'])}"
+            + (f", untestable at {_depth_list(crit['na'])}" if crit["na"] else "")
+            + f". Uncertainty (mean rule: {t} ahead at d and every deeper depth): "
+            + article.describe_bootstrap(article.critical_depth_uncertainty(a, lr))
+            + "."
+        )
+    return md + [""]
 
-    md += ["## Learning curves", ""]
+
+def _robustness_section(a, out):
+    if len(a.lrs) < 2:
+        return []
+    table, data = robustness_table(a)
+    out.summary["robustness"] = data
+    return [
+        f"## Learning-rate robustness: lr {a.lrs[0]:g} -> {a.lrs[-1]:g}",
+        "",
+        f"Drop in final {METRIC_LABEL.get(a.cfg.primary_metric)} (pp, positive = worse at the "
+        f"higher learning rate).",
+        "",
+        *table,
+        "",
+        f"![learning-rate drop]({out.figure('lr_drop.png', plot_lr_drop, a)})",
+        "",
+    ]
+
+
+def _curves_section(a, out):
+    md = ["## Learning curves", ""]
     for metric in a.metrics:
         for lr in a.lrs:
-            p = fig(f"curves_lr{_lr_key(lr)}_{metric}.png", plot_curves, a, lr, metric)
+            p = out.figure(f"curves_lr{_lr_key(lr)}_{metric}.png", plot_curves, a, lr, metric)
             md += [f"![{metric} lr {lr:g}]({p})", ""]
+    return md
 
-    md += [
+
+def _timing_section(a, out):
+    b, t = name(a.baseline), name(a.treatment)
+    rows = []
+    for d in a.depths:
+        tb, tt = a.timing(a.baseline, d), a.timing(a.treatment, d)
+        out.summary["timing"][_depth_key(d)] = {a.baseline: tb, a.treatment: tt}
+        ratio = tt["seconds_per_epoch"] / tb["seconds_per_epoch"] if tb["seconds_per_epoch"] else float("nan")
+        rows.append([_depth_key(d), f"{tb['seconds_per_epoch']:.2f}", f"{tt['seconds_per_epoch']:.2f}",
+                     f"{ratio:.2f}", f"{tb['images_per_sec']:.0f}", f"{tt['images_per_sec']:.0f}"])
+    out.summary["budget"] = {k: v for k, v in budget.estimate(a.records).items() if k != "per_cell"}
+    return [
         "## Time per epoch and throughput",
         "",
         "Median over all epochs of all runs at this depth (both learning rates, all seeds), "
         "first epoch of each run left out when there are more (it includes compilation). "
         "Measured on the machine that ran the sweep, possibly shared: compare within this table.",
         "",
+        *_table(rows, ["depth", f"{b} s/epoch", f"{t} s/epoch", f"{t}/{b} time",
+                       f"{b} images/s", f"{t} images/s"]),
+        "",
+        "## Compute budget",
+        "",
+        *budget.budget_lines(a, name),
     ]
-    rows = []
-    for d in a.depths:
-        tb, tt = a.timing(a.baseline, d), a.timing(a.treatment, d)
-        summary["timing"][_depth_key(d)] = {a.baseline: tb, a.treatment: tt}
-        ratio = tt["seconds_per_epoch"] / tb["seconds_per_epoch"] if tb["seconds_per_epoch"] else float("nan")
-        rows.append(
-            [
-                _depth_key(d),
-                f"{tb['seconds_per_epoch']:.2f}",
-                f"{tt['seconds_per_epoch']:.2f}",
-                f"{ratio:.2f}",
-                f"{tb['images_per_sec']:.0f}",
-                f"{tt['images_per_sec']:.0f}",
-            ]
-        )
-    md += _table(rows, ["depth", f"{b} s/epoch", f"{t} s/epoch", f"{t}/{b} time",
-                        f"{b} images/s", f"{t} images/s"])
 
-    md += ["", "## Compute budget", "", *budget.budget_lines(a, name)]
-    summary["budget"] = {k: v for k, v in budget.estimate(a.records).items() if k != "per_cell"}
 
-    md += ["", "## Runs", ""]
+def _runs_section(a):
     rows = []
-    for r in sorted(
-        a.records,
-        key=lambda r: (r.depth is None, r.depth or 0, r.learning_rate, r.model, r.seed),
-    ):
-        fin = {m: final_value(r, m, a.epochs, a.chance, a.policy) for m in a.metrics}
-        rows.append(
-            [
-                name(r.model),
-                _depth_key(r.depth),
-                f"{r.learning_rate:g}",
-                r.seed,
-                r.status + (" (cached)" if getattr(r, "cached", False) else ""),
-                len(r.history or []),
-                *[("—" if not math.isfinite(v) else f"{100 * v:.2f}") for v in fin.values()],
-                f"`{os.path.basename(r.run_dir)}`",
-            ]
-        )
-    md += _table(
-        rows,
-        ["model", "depth", "lr", "seed", "status", "epochs"]
-        + [f"final {METRIC_LABEL.get(m, m)}" for m in a.metrics]
-        + ["run folder"],
+    for r in sorted(a.records, key=lambda r: (r.depth is None, r.depth or 0, r.learning_rate, r.model, r.seed)):
+        fin = [final_value(r, m, a.epochs, a.chance, a.policy) for m in a.metrics]
+        rows.append([
+            name(r.model), _depth_key(r.depth), f"{r.learning_rate:g}", r.seed,
+            r.status + (" (cached)" if getattr(r, "cached", False) else ""),
+            len(r.history or []),
+            *[("—" if not math.isfinite(v) else f"{100 * v:.2f}") for v in fin],
+            f"`{os.path.basename(r.run_dir)}`",
+        ])
+    header = (["model", "depth", "lr", "seed", "status", "epochs"]
+              + [f"final {METRIC_LABEL.get(m, m)}" for m in a.metrics] + ["run folder"])
+    return ["## Runs", "", *_table(rows, header), ""]
+
+
+def build_report(cfg, records, out_dir, command=None, backend=None):
+    """Writes report.md, figures (PNG) and summary.json into `out_dir`; returns the summary.
+
+    Args:
+        cfg: ExperimentConfig. The grid and the reporting options.
+        records: list of RunRecord.
+        out_dir: str. Output folder (created).
+        command: str or None. The command line that reproduces the report.
+        backend: str or None. Keras backend the runs used (for the setup table).
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    a = Analysis(cfg, records, backend=backend)
+    summary = dict(
+        experiment=cfg.name, baseline=a.baseline, treatment=a.treatment, method=stats.METHOD,
+        diverged_policy=cfg.diverged, comparisons={}, curve_mean_comparisons={},
+        critical_depth={}, robustness=None, timing={}, claims=[], figures=[],
     )
-    md.append("")
-
-    summary["figures"] = figures
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write("\n".join(md))
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=_json_default)
+    out = _Output(out_dir, summary)
+    md = [
+        f"# Experiment report: {cfg.name}",
+        "",
+        f"Generated {datetime.datetime.now().isoformat(timespec='seconds')} by "
+        "`keras_vitbn.experiments` from the runs below. Accuracies in %, differences in "
+        "percentage points (pp).",
+        "",
+        "## Setup",
+        "",
+        *_setup_lines(a, command, out_dir),
+        "",
+        *_method_section(a),
+        "",
+        *_claims_section(a, out),
+        "",
+        *_accuracy_sections(a, out),
+        *_critical_depth_section(a, out),
+        *_robustness_section(a, out),
+        *_curves_section(a, out),
+        *_timing_section(a, out),
+        "",
+        *_runs_section(a),
+    ]
+    summary["figures"] = out.figures
+    write_text(os.path.join(out_dir, "report.md"), "\n".join(md))
+    write_text(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2, default=_json_default))
     return summary
 
 
