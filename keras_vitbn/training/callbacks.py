@@ -7,6 +7,7 @@ keep the CSV and JSON-lines files in step with the same fixed columns.
 """
 
 import csv
+import io
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import time
 import keras
 import numpy as np
 
+from keras_vitbn import files
 from keras_vitbn.data import datasets
 
 COLUMNS = (
@@ -41,18 +43,8 @@ def _finite_or_none(value):
 
 
 def read_history(path):
-    """Rows of a history.jsonl file (non-finite values are stored as null)."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _write_atomic(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Rows of a history.jsonl file (non-finite values are stored as null; a half-written last line is skipped)."""
+    return files.read_jsonl(path)
 
 
 class DivergenceGuard(keras.callbacks.Callback):
@@ -177,14 +169,13 @@ class HistoryWriter(keras.callbacks.Callback):
         self._rewrite()
 
     def _rewrite(self):
-        _write_atomic(self.jsonl_path, "".join(json.dumps(row) + "\n" for row in self.rows))
-        tmp = self.csv_path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns)
-            writer.writeheader()
-            for row in self.rows:
-                writer.writerow({k: ("nan" if row.get(k) is None else row[k]) for k in self.columns})
-        os.replace(tmp, self.csv_path)
+        files.write_text(self.jsonl_path, "".join(json.dumps(row) + "\n" for row in self.rows))
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=self.columns)
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({k: ("nan" if row.get(k) is None else row[k]) for k in self.columns})
+        files.write_text(self.csv_path, text.getvalue())
 
 
 class ModelSaver(keras.callbacks.Callback):
@@ -213,11 +204,11 @@ class ModelSaver(keras.callbacks.Callback):
         logs = logs or {}
         if not math.isfinite(float(logs.get("loss", float("nan")))):
             return
-        self.model.save(self.last_path)
+        files.save_model(self.model, self.last_path)
         value = logs.get(self.monitor)
         if value is not None and math.isfinite(value) and (self.best is None or value > self.best):
             self.best, self.best_epoch = float(value), epoch + 1
-            self.model.save(self.best_path)
+            files.save_model(self.model, self.best_path)
 
 
 def plot_curves(rows, path, title=""):
@@ -244,10 +235,8 @@ def plot_curves(rows, path, title=""):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
+    files.save_figure(fig, path, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 class CurvePlotter(keras.callbacks.Callback):
@@ -310,8 +299,7 @@ class MLflowLogger(keras.callbacks.Callback):
         if run_id is None:
             mlflow.set_experiment(self.experiment)
             self.run = mlflow.start_run(run_name=os.path.basename(os.path.abspath(self.output_dir)))
-            with open(self.run_id_path, "w") as f:
-                f.write(self.run.info.run_id)
+            files.write_text(self.run_id_path, self.run.info.run_id)
             params = {k: ("None" if v is None else str(v)[:500]) for k, v in _flatten("", self.run_params, {}).items()}
             mlflow.log_params(params)
         else:

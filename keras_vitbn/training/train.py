@@ -31,7 +31,7 @@ import keras
 from keras_vitbn import auto_distribute
 from keras_vitbn.data import augment as augment_lib
 from keras_vitbn.data import datasets
-from keras_vitbn.files import read_json, write_json
+from keras_vitbn.files import read_json, run_folder, write_json
 from keras_vitbn.models.registry import is_vit
 from keras_vitbn.training import callbacks as cbs
 from keras_vitbn.training.config import TrainConfig
@@ -261,7 +261,9 @@ def train(config, callbacks=None, overwrite=False, verbose="auto", command=None)
     Args:
         config: TrainConfig.
         callbacks: list or None. Extra Keras callbacks.
-        overwrite: bool. Start afresh, deleting the run directory's contents.
+        overwrite: bool. Start afresh: once the config and data have validated,
+            delete the contents of the run directory, which must be one this
+            project created (it carries `keras_vitbn.files.MARKER`).
         verbose: "auto", 0, 1 or 2. Keras progress output ("auto": a progress
             bar on a terminal, one line per epoch otherwise).
         command: str or None. The command line, recorded in config.json.
@@ -277,19 +279,22 @@ def train(config, callbacks=None, overwrite=False, verbose="auto", command=None)
     """
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
-    backend = keras.backend.backend()
     if not config.output_dir:
-        config = TrainConfig.from_dict({**config.to_dict(), "output_dir": config.default_output_dir(backend)})
-    output_dir = _process_output_dir(config)
+        output_dir = config.default_output_dir(keras.backend.backend())
+        config = TrainConfig.from_dict({**config.to_dict(), "output_dir": output_dir})
+    # Locked for this process; with `overwrite`, emptied only once the config and data have validated.
+    with run_folder(_process_output_dir(config), "run", overwrite=overwrite, command=command) as folder:
+        return _train(config, folder, callbacks, verbose, command)
+
+
+def _train(config, folder, callbacks, verbose, command):
+    backend = keras.backend.backend()
+    output_dir = folder.path
     paths = {name: os.path.join(output_dir, name) for name in ("config.json", "status.json", "history.jsonl")}
     backup_dir = os.path.join(output_dir, "backup")
 
-    if overwrite and os.path.isdir(output_dir):
-        shutil.rmtree(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
-
-    previous = read_json(paths["config.json"])
-    status = read_json(paths["status.json"])
+    previous = None if folder.overwrite else read_json(paths["config.json"])
+    status = None if folder.overwrite else read_json(paths["status.json"])
     if previous is not None:
         old = TrainConfig.from_dict(previous["config"])
         if old.run_key() != config.run_key() or previous.get("environment", {}).get("backend") != backend:
@@ -336,6 +341,7 @@ def train(config, callbacks=None, overwrite=False, verbose="auto", command=None)
         elif automatic is not None:  # why this default run stayed on one device
             provenance["distribution"] = {"mode": "none", "num_replicas": 1, "automatic": automatic}
         compile_model(model, config, steps_per_epoch)
+        folder.clear()  # --overwrite: the new run has validated, the old one goes
 
         monitor = "val_accuracy" if val_ds is not None else "test_accuracy"
         write_json(
