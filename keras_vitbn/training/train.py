@@ -51,7 +51,8 @@ def _say(message):
 def run_splits(config):
     """The run's (train, val or None, test) `Split`s and provenance: subsets and validation split applied."""
     train, test, provenance = datasets.load_splits(
-        config.dataset, config.source, config.data_dir, config.test_data_dir
+        config.dataset, config.source, config.data_dir, config.test_data_dir,
+        num_classes=config.num_classes, allow_mixed_splits=bool(config.allow_mixed_splits),
     )
     if config.train_subset is not None and config.train_subset < train.size:
         train = train.take(config.train_subset, f"first {config.train_subset} of {train.description}")
