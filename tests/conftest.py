@@ -1,13 +1,22 @@
-"""Shared pytest setup: seeds, readable tracebacks, and the `large` marker.
+"""Shared pytest setup: seeds, readable tracebacks, the `large` marker, and the real data.
 
 The suite runs once per backend: `KERAS_BACKEND=jax|tensorflow|torch pytest`.
+
+Real data: tests that need only some real digits use `mnist_sample` (600 MNIST test
+digits in tests/fixtures, part of the repository). Tests that need the full MNIST test
+split, Fashion-MNIST or the reference checkpoints take the `shared_data` fixture: the
+folder `$KERAS_VITBN_DATA` (default ../shared/data beside the checkout). Where it is
+absent they skip with one line of reason, and the summary counts them;
+KERAS_VITBN_REQUIRE_DATA=1 (CI) makes them fail instead.
 """
 
+import gzip
 import os
 
 import keras_vitbn  # noqa: F401 (first: on JAX it tunes malloc before Keras starts threads)
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -37,12 +46,57 @@ def _seed_and_tracebacks():
     yield
 
 
-SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+DATA_SKIP = "shared data not found"
+REQUIRE_DATA_ENV = "KERAS_VITBN_REQUIRE_DATA"
+SAMPLE = os.path.join(os.path.dirname(__file__), "fixtures", "mnist_sample.npz")
+
+
+def _shared_data_path():
+    from keras_vitbn.data.locations import CHECKOUT_DATA, data_root
+
+    return data_root() or CHECKOUT_DATA
 
 
 @pytest.fixture(scope="session")
 def shared_data():
-    """Path to ../shared/data (real MNIST test split, Fashion-MNIST, reference checkpoints)."""
-    if not os.path.isdir(SHARED_DATA):
-        pytest.fail(f"{SHARED_DATA} is missing: clone the project next to its shared/ folder")
-    return SHARED_DATA
+    """The real data folder (full MNIST test split, Fashion-MNIST, reference checkpoints), or a skip."""
+    path = _shared_data_path()
+    if not os.path.isdir(path):
+        message = f"{DATA_SKIP} at {path} (set KERAS_VITBN_DATA)"
+        if os.environ.get(REQUIRE_DATA_ENV) == "1":
+            pytest.fail(f"{message}; {REQUIRE_DATA_ENV}=1 forbids skipping")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist_sample():
+    """(images uint8 (600, 28, 28), labels (600,)): real MNIST test digits kept in the repository."""
+    with np.load(SAMPLE) as data:
+        return data["x"], data["y"].astype(np.int64)
+
+
+def _write_idx(path, array):
+    array = np.asarray(array, np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+@pytest.fixture(scope="session")
+def mnist_sample_dir(mnist_sample, tmp_path_factory):
+    """An IDX folder of the sample: 500 training and 100 test digits (both balanced), like an MNIST download."""
+    x, y = mnist_sample
+    folder = tmp_path_factory.mktemp("mnist-sample")
+    for prefix, part in (("train", slice(0, 500)), ("t10k", slice(500, 600))):
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", x[part])
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", y[part])
+    return str(folder)
+
+
+def pytest_terminal_summary(terminalreporter):
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if DATA_SKIP in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} tests skipped: {DATA_SKIP} at {_shared_data_path()} (set KERAS_VITBN_DATA)", yellow=True
+        )

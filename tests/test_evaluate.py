@@ -18,9 +18,9 @@ def model_path(tmp_path_factory):
     return path
 
 
-def test_evaluate_idx_test_dir(model_path, shared_data, tmp_path, capsys):
+def test_evaluate_idx_test_dir(model_path, mnist_sample_dir, tmp_path, capsys):
     plot = str(tmp_path / "confusion.png")
-    code = main([model_path, "--data-dir", os.path.join(shared_data, "mnist-test"), "--test-subset", "300", "--plot", plot])
+    code = main([model_path, "--data-dir", mnist_sample_dir, "--test-subset", "100", "--plot", plot])
     assert code == 0
     out = capsys.readouterr().out
     assert "clean: accuracy" in out and "augmented: accuracy" in out and "confusion matrix, clean" in out
@@ -42,8 +42,8 @@ def test_evaluate_json(model_path, shared_data, capsys):
     assert report["results"]["augmented"]["protocol"]["seed"] == 1234
 
 
-def test_evaluate_errors(model_path, shared_data, tmp_path, capsys):
-    assert main([str(tmp_path / "missing.keras"), "--data-dir", os.path.join(shared_data, "mnist-test")]) == 1
+def test_evaluate_errors(model_path, mnist_sample_dir, tmp_path, capsys):
+    assert main([str(tmp_path / "missing.keras"), "--data-dir", mnist_sample_dir]) == 1
     assert "does not exist" in capsys.readouterr().err
     assert main([model_path, "--data-dir", str(tmp_path)]) == 1
     assert "has no test split" in capsys.readouterr().err

@@ -287,7 +287,7 @@ def test_depth_sweep_config_is_the_article_setup():
     assert d["model"] == spec.model and d["depth"] == 1 and d["learning_rate"] == 0.003
 
 
-def test_other_configs_and_quick_mode():
+def test_other_configs_and_quick_mode(shared_data):  # the fashion_mnist preset points into it
     lr, _ = load_config("lr_stability")
     sweep, _ = load_config("depth_sweep")
     assert [lr.train_dict(s) for s in lr.runs()] == [sweep.train_dict(s) for s in sweep.runs()]

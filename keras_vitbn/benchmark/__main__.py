@@ -50,7 +50,9 @@ def build_parser():
         "--yardstick-attention", choices=("math", "sdpa"), default="math",
         help="yardstick attention: the reference's matmul-softmax-matmul (math) or PyTorch SDPA",
     )
-    parser.add_argument("--data-root", default=DEFAULT_DATA, help="the shared data folder")
+    parser.add_argument(
+        "--data-root", default=DEFAULT_DATA, help="the data folder (default: $KERAS_VITBN_DATA or ../shared/data)"
+    )
     parser.add_argument("--output", default=None, help="write OUTPUT.json and OUTPUT.md (default runs/benchmark/<time>)")
     parser.add_argument(
         "--results-csv", default="auto", metavar="PATH",

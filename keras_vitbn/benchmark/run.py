@@ -14,6 +14,7 @@ import numpy as np
 
 from keras_vitbn import auto_distribute, performance
 from keras_vitbn.benchmark.worker import compute_dtype
+from keras_vitbn.data.locations import data_root
 
 BACKENDS = ("jax", "tensorflow", "torch")
 MODELS = {"vit_bnffn": "ViTBNFFN", "vit": "ViT"}
@@ -36,7 +37,7 @@ def guard_tolerances(dtype_policy):
     return FIRST_STEP_ATOL, WARMUP_LOSS_RTOL
 
 
-DEFAULT_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data"))
+DEFAULT_DATA = data_root()  # $KERAS_VITBN_DATA or ../shared/data; None: random pixels, no real epoch
 
 
 def _inputs(data_root, images, infer_images, seed=0):
@@ -199,8 +200,6 @@ def run_benchmark(
     given, is rewritten with the raw results after every subprocess.
     """
     threads = int(threads or os.cpu_count() or 1)
-    if epoch_images and epoch_data_dir is None and epoch_source == "idx":
-        epoch_data_dir = os.path.join(data_root, "fashion-mnist")
     if epoch_images and epoch_images % batch_size:
         raise ValueError(f"epoch images {epoch_images} must be a multiple of the batch size {batch_size}")
     for backend in backends:
@@ -209,6 +208,13 @@ def run_benchmark(
     for model in models:
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}: the benchmark knows {', '.join(MODELS)}")
+    if epoch_images and epoch_data_dir is None and epoch_source == "idx":
+        if data_root is None:
+            raise ValueError(
+                "the real epoch reads Fashion-MNIST from the data folder, and none was found: set "
+                "KERAS_VITBN_DATA, pass --epoch-data-dir, or skip the epoch with --epoch-images 0"
+            )
+        epoch_data_dir = os.path.join(data_root, "fashion-mnist")
     results = {
         "command": " ".join(sys.argv),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -30,7 +30,15 @@ import logging
 import os
 
 import numpy as np
-import tensorflow as tf
+
+try:
+    import tensorflow as tf
+except ImportError as error:  # the models and fit on numpy arrays run without it; these pipelines do not
+    raise ImportError(
+        "keras_vitbn's tf.data input pipelines (trainers, tuning, experiments, evaluate) need TensorFlow on "
+        "every backend: pip install tensorflow-cpu (or the [tensorflow-cuda] extra). The models and model.fit "
+        "on numpy arrays work without it."
+    ) from error
 
 from keras_vitbn.data.idx import check_labels, find_split_files, load_idx_split
 

