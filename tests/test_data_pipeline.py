@@ -167,6 +167,9 @@ def test_tfds_class_count_and_mixed_test_dir(tmp_path):
         make_idx_dir(str(tmp_path), n_train=2, n_test=10)
         with pytest.raises(ValueError, match=r"train images are \(32, 32, 3\)"):
             load_splits("cifar10", source="tfds", test_data_dir=str(tmp_path))
+        # Same shape, and mock pixels as uniform as the IDX ones: accepted (the tfds sample is read uncached).
+        train, test, provenance = load_splits("mnist", source="tfds", test_data_dir=str(tmp_path))
+        assert (test.size, provenance["num_classes"], provenance["warning"]) == (10, 10, None)
 
 
 def test_trainer_flags_reach_the_data_and_keep_run_hashes(tmp_path):
