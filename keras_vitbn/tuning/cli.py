@@ -55,6 +55,8 @@ def _parser(preset):
                    help="rewrite the results from the search directory without training")
     g.add_argument("--chief-timeout", type=float, default=3600.0,
                    help="distributed: seconds a worker waits for the chief (default %(default)s)")
+    g.add_argument("--allow-all-interfaces", action="store_true",
+                   help="distributed: let the chief listen on KERASTUNER_ORACLE_IP=0.0.0.0 or :: (refused otherwise)")
     return p
 
 
@@ -108,7 +110,7 @@ def main(argv=None):
                     auto_distribute.request_cpu_devices(model, depth)
 
             summary = search(config, overwrite=args.overwrite, verbose=verbose, command=command,
-                             chief_timeout=args.chief_timeout)
+                             chief_timeout=args.chief_timeout, allow_all_interfaces=args.allow_all_interfaces)
     except KeyboardInterrupt:
         print("\ninterrupted: rerun the same command to resume the search", file=sys.stderr)
         return 130

@@ -27,9 +27,22 @@ after the search, and never guide it.
 A trial whose loss becomes NaN or infinite is stopped, recorded as failed with
 its reason (`kt.errors.FailedTrialError`), and the search goes on.
 
-Resuming: rerunning the same command resumes every cell where it stopped
-(keras-tuner reloads the oracle; a trial that was running when the process was
-killed is run again by the same tuner id; completed trials are never rerun).
+Resuming: rerunning the same command resumes every cell where it stopped,
+whichever the tuner (grid, random, Bayesian) and wherever it was killed.
+keras-tuner's own `oracle.json` cannot do this (its grid oracle keeps part of
+its state in memory only, and a trial killed between its end and the oracle's
+save is lost or run twice), so each cell keeps a ledger of its own:
+
+    kt/<model>_d<depth>/ledger.jsonl   one line per finished trial (id, hyperparameters, status,
+                                       metrics, seed), appended and synced once its files are saved
+
+On a rerun a fresh oracle replays the ledger (it proposes each recorded trial
+again and is told its recorded result), which puts it in the state an
+uninterrupted search had at that point: finished trials are never retrained, and
+an interrupted trial is proposed again and retrained from scratch. Every trial
+starts from the cell's seed with a fresh input pipeline (same initial weights,
+same shuffling and augmentation), so a retrained trial gives the result it would
+have given uninterrupted, and the final tables equal an uninterrupted search's.
 
 Devices: as in the trainers, a cell whose model was measured faster on several
 XLA CPU devices (ViTs of depth >= 3 on JAX on a CPU-only host, see
@@ -41,25 +54,34 @@ Distributed: the same command runs as one chief and N workers, switched by
 keras-tuner's environment variables `KERASTUNER_TUNER_ID` ("chief" for the
 chief), `KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT`. The chief serves
 each cell's oracle over gRPC in turn and writes the report; workers run the
-trials. All must see the same output directory (a shared file system).
+trials. All must see the same output directory (a shared file system). The
+chief listens on `KERASTUNER_ORACLE_IP` only, and refuses 0.0.0.0 / :: (every
+interface) unless `allow_all_interfaces`; every call carries the shared secret
+of `KERAS_VITBN_TUNER_TOKEN` (`TOKEN_ENV`), which the chief checks, refusing
+calls without it (UNAUTHENTICATED). The token is sent in the clear: across an
+untrusted network, run the search inside a VPN or an SSH tunnel.
 """
 
 import contextlib
+import functools
+import hmac
 import json
 import math
 import os
 import shutil
 import time
 
+import grpc
 import keras
 import keras_tuner as kt
 
 from keras_vitbn import auto_distribute
+from keras_vitbn.data import augment as augment_lib
 from keras_vitbn.data import datasets
 from keras_vitbn.files import read_json, write_json
 from keras_vitbn.progress import Progress, format_percent
 from keras_vitbn.training import callbacks as training_callbacks
-from keras_vitbn.training.train import build_model, compile_model, load_data
+from keras_vitbn.training.train import build_model, compile_model, load_data, run_splits
 from keras_vitbn.tuning.config import SearchConfig
 
 OBJECTIVE = "val_accuracy"
@@ -72,6 +94,13 @@ WORKER_WAIT_SLICE_SECONDS = 2.0
 # A never-reached limit: divergent trials fail one after another by design.
 MAX_CONSECUTIVE_FAILURES = 10**9
 DEFAULT_INITIAL_POINTS = 3
+LEDGER = "ledger.jsonl"
+# The tuner id under which a rerun replays the ledger into a fresh oracle.
+REPLAY_ID = "ledger-replay"
+TOKEN_ENV = "KERAS_VITBN_TUNER_TOKEN"
+TOKEN_METADATA = "x-keras-vitbn-token"
+MIN_TOKEN_CHARS = 16
+ALL_INTERFACES = ("0.0.0.0", "::", "[::]", "*", "")
 
 
 def _say(message):
@@ -99,21 +128,80 @@ def _oracle_address():
     return f"{os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}"
 
 
+def tuner_token():
+    """The shared secret of a distributed search, from `KERAS_VITBN_TUNER_TOKEN`; ValueError when unset or short."""
+    token = os.environ.get(TOKEN_ENV, "")
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ValueError(
+            f"a distributed search needs the same secret of at least {MIN_TOKEN_CHARS} characters in {TOKEN_ENV} "
+            f"on the chief and every worker ({'it is shorter' if token else 'it is not set'}): e.g. "
+            f"export {TOKEN_ENV}=$(python -c 'import secrets; print(secrets.token_hex(16))')"
+        )
+    return token
+
+
+def check_chief_address(allow_all_interfaces=False):
+    """Refuses a chief address that listens on every interface (0.0.0.0, ::) unless allowed explicitly."""
+    ip = os.environ["KERASTUNER_ORACLE_IP"].strip()
+    if ip in ALL_INTERFACES and not allow_all_interfaces:
+        raise ValueError(
+            f"KERASTUNER_ORACLE_IP={ip!r} makes the chief listen on every network interface: give the address "
+            "the workers reach it at (e.g. 10.0.0.1, or 127.0.0.1 on one machine), or pass --allow-all-interfaces"
+        )
+
+
+class _TokenCheck(grpc.ServerInterceptor):
+    """Lets through only the calls whose metadata carries the search's token; the others get UNAUTHENTICATED."""
+
+    def __init__(self, token):
+        self._token = token.encode()
+
+        def refuse(request, context):
+            _say(f"chief: refused a call without the right {TOKEN_ENV} from {context.peer()}")
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"missing or wrong {TOKEN_ENV}")
+
+        self._refuse = grpc.unary_unary_rpc_method_handler(refuse)
+
+    def intercept_service(self, continuation, handler_call_details):
+        given = dict(handler_call_details.invocation_metadata or ()).get(TOKEN_METADATA, "")
+        if hmac.compare_digest(given.encode(), self._token):  # constant time: no timing oracle on the token
+            return continuation(handler_call_details)
+        return self._refuse
+
+
+class _TokenMetadata(grpc.UnaryUnaryClientInterceptor):
+    """Adds the search's token to the metadata of every call (the oracle's calls are all unary)."""
+
+    def __init__(self, token):
+        self._metadata = ((TOKEN_METADATA, token),)
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        metadata = (*(client_call_details.metadata or ()), *self._metadata)
+        return continuation(client_call_details._replace(metadata=metadata), request)
+
+
+def oracle_channel(token=None, address=None):
+    """A gRPC channel to the chief whose calls carry `token` (default: `tuner_token()`)."""
+    token = tuner_token() if token is None else token
+    return grpc.intercept_channel(grpc.insecure_channel(address or _oracle_address()), _TokenMetadata(token))
+
+
 def serve_oracle(oracle, poll=CHIEF_POLL_SECONDS):
     """Serves `oracle` to the workers with keras-tuner's gRPC servicer until its search is over.
 
     keras-tuner's own `oracle_chief.start_server` polls every 20 s once the
     search is over and never stops its server; a search of many cells serves
     one oracle after another on the same port, so this one polls faster and
-    stops its server before the next cell's starts.
+    stops its server before the next cell's starts. It also answers only calls
+    that carry `tuner_token()` (`_TokenCheck`).
     """
     from concurrent import futures
 
-    import grpc
     from keras_tuner.src import protos
     from keras_tuner.src.distribute import oracle_chief
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1), options=[("grpc.so_reuseport", 0)])
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1), options=[("grpc.so_reuseport", 0)],
+                         interceptors=[_TokenCheck(tuner_token())])
     servicer = oracle_chief.OracleServicer(oracle)
     protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
     address = _oracle_address()
@@ -140,22 +228,27 @@ def served_cell(timeout, search_finished=lambda: False):
     arrives (or comes back) after the chief has finished stops instead of
     waiting for a server that will never come.
     """
-    import grpc
     from keras_tuner.src import protos
 
+    token = tuner_token()
     deadline = time.monotonic() + timeout
     retry = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
     while True:
         if search_finished():
             return None
         wait = min(WORKER_WAIT_SLICE_SECONDS, deadline - time.monotonic())
-        channel = grpc.insecure_channel(_oracle_address())
+        channel = oracle_channel(token)
         try:
             stub = protos.get_service_grpc().OracleStub(channel)
             response = stub.GetSpace(protos.get_service().GetSpaceRequest(), wait_for_ready=True,
                                      timeout=max(wait, 0.1))
             break
         except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise ValueError(
+                    f"the chief at {_oracle_address()} refused this worker's token: give the chief and every "
+                    f"worker the same {TOKEN_ENV}"
+                ) from None
             if error.code() not in retry or time.monotonic() >= deadline:
                 if search_finished():
                     return None
@@ -247,17 +340,78 @@ class LearningRateTuner(kt.Tuner):
     """
 
     def __init__(self, oracle, hypermodel, directory, project_name, **kwargs):
-        tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
-        project_dir = os.path.join(directory, project_name)
-        had_tuner_file = os.path.exists(os.path.join(project_dir, f"{tuner_id}.json"))
         super().__init__(oracle, hypermodel, directory=directory, project_name=project_name, overwrite=False, **kwargs)
-        # keras-tuner reloads its oracle only when this tuner id saved a state file; a search begun
-        # under another id (a single-machine search resumed by a chief, a process killed before its
-        # first trial ended) must still resume its oracle rather than overwrite its trials.
-        if not had_tuner_file and distributed_role() != "worker" and os.path.exists(
-            os.path.join(project_dir, "oracle.json")
-        ):
-            self.oracle.reload()
+        if distributed_role() == "worker":
+            # keras-tuner's client calls the chief over a plain channel: give its calls the token.
+            from keras_tuner.src import protos
+
+            self.oracle.stub = protos.get_service_grpc().OracleStub(oracle_channel())
+            return
+        self.ledger_path = os.path.join(self.project_dir, LEDGER)
+        self._end_trial_unrecorded = self.oracle.end_trial
+        if os.path.exists(self.ledger_path):
+            self._replay_ledger()
+        elif os.path.exists(os.path.join(self.project_dir, "oracle.json")):
+            self._reload_without_ledger()
+        self.oracle.end_trial = self._end_and_record
+
+    def reload(self):
+        """keras-tuner calls this when the project has a state file of this tuner id: the ledger replaces it.
+
+        keras-tuner would reload the oracle from `oracle.json`; `__init__`
+        rebuilds it from the ledger instead, starting from the fresh oracle's
+        search space, which is what keras-tuner builds when it does not reload.
+        """
+        self._populate_initial_space()
+
+    def _replay_ledger(self):
+        """Puts the fresh oracle in the state of an uninterrupted search that finished the ledger's trials.
+
+        The oracle proposes each recorded trial again (in trial-id order: the
+        order a single machine creates and ends them) and is told its recorded
+        result. A trial id missing from the ledger was running when the search
+        stopped (several at once in a distributed search): it goes to the
+        oracle's retry queue and is trained again under the same id and values.
+        """
+        oracle = self.oracle
+        ledger = read_ledger(self.ledger_path)
+        verbose, oracle.verbose = oracle.verbose, 0
+        try:
+            for number in range(max(ledger) + 1):
+                trial = oracle.create_trial(REPLAY_ID)
+                if trial.status != kt.engine.trial.TrialStatus.RUNNING:
+                    _say(f"{self.project_name}: the oracle stops after {number} trials; later ledger lines are "
+                         "left out (fewer trials than before?)")
+                    break
+                entry = ledger.get(int(trial.trial_id))
+                if entry is None:  # running still, as it was then, until the replay ends
+                    oracle.ongoing_trials[f"{REPLAY_ID}-{trial.trial_id}"] = oracle.ongoing_trials.pop(REPLAY_ID)
+                    continue
+                if trial.hyperparameters.values != entry["values"]:
+                    # A distributed search creates trials while others run, a replay one after another:
+                    # what the ledger says ran is what counts.
+                    trial.hyperparameters.values = dict(entry["values"])
+                    oracle._record_values(trial)
+                if entry["metrics"]:
+                    oracle.update_trial(trial.trial_id, entry["metrics"], step=entry.get("step", 0))
+                trial.status = entry["status"]
+                trial.message = entry.get("message")
+                self._end_trial_unrecorded(trial)
+        finally:
+            for tuner_id in [t for t in oracle.ongoing_trials if t.startswith(REPLAY_ID)]:
+                trial = oracle.ongoing_trials.pop(tuner_id)
+                if tuner_id != REPLAY_ID:
+                    oracle._retry_queue.append(trial.trial_id)
+            oracle.tuner_ids.discard(REPLAY_ID)
+            oracle.verbose = verbose
+        oracle.save()
+        pending = len(oracle._retry_queue)
+        _say(f"{self.project_name}: {len(ledger)} finished trials replayed from {LEDGER}"
+             + (f", {pending} interrupted to run again" if pending else ""))
+
+    def _reload_without_ledger(self):
+        """A search begun before the ledger existed: keras-tuner's reload, then a ledger from its trials."""
+        self.oracle.reload()
         if distributed_role() == "single":
             # Trials left running by other tuner ids (workers of a distributed search stopped for
             # good) would otherwise never finish: run them again here first.
@@ -265,6 +419,34 @@ class LearningRateTuner(kt.Tuner):
                 if tuner_id != self.tuner_id:
                     self.oracle.ongoing_trials.pop(tuner_id)
                     self.oracle._retry_queue.append(trial.trial_id)
+        for trial_id in self.oracle.end_order:
+            self._record(self.oracle.trials[trial_id])
+
+    def _end_and_record(self, trial):
+        """The oracle's `end_trial`, then one ledger line once the trial is finished for good.
+
+        Called by this tuner after `run_trial` returned (a single machine) or by
+        the chief's gRPC server when a worker reports the end of a trial: the
+        trial's files (model, outcome) are saved by then.
+        """
+        self._end_trial_unrecorded(trial)
+        self._record(self.oracle.trials[trial.trial_id])
+
+    def _record(self, trial):
+        status = kt.engine.trial.TrialStatus
+        if trial.status not in (status.COMPLETED, status.FAILED):
+            return  # INVALID: keras-tuner retries it
+        metrics = {name: trial.metrics.get_last_value(name) for name in trial.metrics.metrics}
+        append_ledger(self.ledger_path, {
+            "trial_id": trial.trial_id,
+            "values": trial.hyperparameters.values,
+            "status": trial.status,
+            "metrics": {k: float(v) for k, v in metrics.items() if v is not None},
+            "step": int(trial.best_step or 0),
+            "message": trial.message,
+            "seed": self.hypermodel.config.train.seed,
+            "time": time.time(),
+        })
 
     def is_finished(self):
         """Whether the oracle has nothing left to run (chief or single machine)."""
@@ -320,6 +502,8 @@ class LearningRateTuner(kt.Tuner):
             f.write(json.dumps(line) + "\n")
 
     def run_trial(self, trial, *args, **kwargs):
+        if args and callable(args[0]):  # a factory of the training pipeline (see `search`): a fresh one per trial
+            args = (args[0](), *args[1:])
         hp = trial.hyperparameters
         trial_dir = self.get_trial_dir(trial.trial_id)
         learning_rate = hp.get(LR)
@@ -378,6 +562,39 @@ class LearningRateTuner(kt.Tuner):
              f"{outcome['learning_rate']:.3g}: {what} ({self.progress.line()})")
 
 
+def read_ledger(path):
+    """{trial number: ledger line} of a cell's ledger; a half-written last line (a kill while appending) is skipped."""
+    entries = {}
+    with open(path) as f:
+        lines = f.read().split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            if i >= len(lines) - 2:  # the last line, cut short
+                break
+            raise ValueError(f"{path} line {i + 1} is damaged: move the file away to search its cell again") from None
+        entries[int(entry["trial_id"])] = entry
+    return entries
+
+
+def append_ledger(path, entry):
+    """Appends one line and syncs it; a half-written last line left by a kill is dropped first."""
+    with open(path, "ab+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(max(0, size - 65536))
+            tail = f.read()
+            if not tail.endswith(b"\n"):
+                cut = tail.rfind(b"\n")
+                f.truncate(size - len(tail) + cut + 1 if cut >= 0 else (0 if size <= 65536 else size))
+        f.write((json.dumps(entry) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _history_rows(history):
     if not history:
         return []
@@ -391,6 +608,17 @@ def _history_rows(history):
                 row[name] = value if math.isfinite(value) else None
         rows.append(row)
     return rows
+
+
+def training_pipeline(train, split):
+    """A fresh training pipeline of `split`: shuffled and augmented from the seed, whatever ran before.
+
+    A `tf.data` pipeline draws a new shuffle order (and augmentation) at every
+    pass, so the trials of a cell sharing one would each see other data; each
+    trial gets its own, and a trial rerun after a kill sees the same data.
+    """
+    augment = augment_lib.augmentation(train.augment, seed=train.seed, **train.augment_options)
+    return datasets.make_pipeline(split, train.batch_size, shuffle=True, seed=train.seed, augment=augment)
 
 
 def make_oracle(config):
@@ -541,7 +769,8 @@ def _worker_loop(config, provenance, output_dir, fit_args, fit_kwargs, chief_tim
         i, tuner = i + 1, None
 
 
-def search(config, overwrite=False, verbose="auto", command=None, chief_timeout=3600.0, report=True, callbacks=None):
+def search(config, overwrite=False, verbose="auto", command=None, chief_timeout=3600.0, report=True, callbacks=None,
+           allow_all_interfaces=False):
     """Runs (or resumes) the search and writes its directory; see the module docstring.
 
     Args:
@@ -552,6 +781,8 @@ def search(config, overwrite=False, verbose="auto", command=None, chief_timeout=
         chief_timeout: float. How long a worker waits for the chief's oracle.
         report: bool. Write the results (tables, plots, best models) at the end.
         callbacks: list or None. Extra Keras callbacks for every trial's `fit`.
+        allow_all_interfaces: bool. Let a chief listen on 0.0.0.0 or :: (every
+            network interface); refused otherwise.
 
     Returns:
         dict with "output_dir", "role", "seconds" and, on a chief or a single
@@ -565,6 +796,10 @@ def search(config, overwrite=False, verbose="auto", command=None, chief_timeout=
     if isinstance(config, dict):
         config = SearchConfig.from_dict(config)
     role = distributed_role()
+    if role != "single":  # before anything is written or loaded
+        tuner_token()
+        if role == "chief":
+            check_chief_address(allow_all_interfaces)
     if not config.output_dir:
         config = SearchConfig.from_dict({**config.to_dict(), "output_dir": config.default_output_dir()})
     output_dir = config.output_dir
@@ -573,7 +808,8 @@ def search(config, overwrite=False, verbose="auto", command=None, chief_timeout=
     os.makedirs(output_dir, exist_ok=True)
 
     start = time.perf_counter()
-    train_ds, val_ds, test_ds, test_aug_ds, provenance = load_data(config.train)
+    splits = run_splits(config.train)
+    _, val_ds, test_ds, test_aug_ds, provenance = load_data(config.train, splits=splits)
     if provenance.get("warning"):
         _say(f"WARNING: {provenance['warning']}")
     _check_or_write_config(config, output_dir, role, command, provenance)
@@ -581,7 +817,7 @@ def search(config, overwrite=False, verbose="auto", command=None, chief_timeout=
         import sys
 
         verbose = 1 if sys.stdout.isatty() else 2
-    fit_args = (train_ds,)
+    fit_args = (functools.partial(training_pipeline, config.train, splits[0]),)
     fit_kwargs = {"validation_data": val_ds, "epochs": config.train.epochs, "verbose": verbose,
                   "callbacks": list(callbacks or [])}
     cells = config.cells()
