@@ -236,12 +236,13 @@ def test_command_line_refuses_remote_bind_and_bad_models(model_path, tmp_path, c
 
 def test_command_line_serves(model_path):
     """`python -m keras_vitbn.serve MODEL --port 0` in its own process, as a user starts it."""
-    with server_process(model_path, ["--max-batch", "1"]) as url:
+    with server_process(model_path, ["--max-batch", "1", "--class-names", "fashion_mnist"]) as url:
         assert url.startswith("http://127.0.0.1:")
         status, info = request(url, path="/health")
         assert status == 200 and info["backend"] == keras.backend.backend() and info["max_batch"] == 1
+        assert info["classes"][:2] == ["T-shirt/top", "Trouser"] and len(info["classes"]) == 10
         status, answer = request(url, "POST", "/predict", {"pixels": [[0.0] * 28] * 28})
-        assert status == 200 and len(answer["top"]) == 3
+        assert status == 200 and len(answer["top"]) == 3 and answer["top"][0]["label"] in info["classes"]
 
 
 def test_page_in_headless_chromium(server, tmp_path):
