@@ -123,9 +123,11 @@ def apply_default(model, depth, batch_size, train_images, eval_sizes=()):
 
     Returns (device count, why).
     """
-    from keras_vitbn.training.config import TrainConfig
+    import types
 
-    config = TrainConfig(model=model, depth=depth, batch_size=batch_size)
+    # The fields `choose` reads, not a TrainConfig: its checks import the tf.data module, and the
+    # benchmark's workers also run where only JAX or PyTorch is installed.
+    config = types.SimpleNamespace(model=model, depth=depth, batch_size=batch_size, distribute=None)
     mode, why = choose(config, train_images, list(eval_sizes))
     if mode is None:
         return 1, why
