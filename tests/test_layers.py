@@ -2,9 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vitbn.layers import attention
-from keras_vitbn.layers import AttentionBlock, Encoder, FeedForward, PatchEmbedding, TokenPooling
-from keras_vitbn.performance import ATTENTION_KERNELS
+from keras_vitbn.layers import AttentionBlock, Encoder, FeedForward, PatchEmbedding, TokenPooling, attention_kernels
+from keras_vitbn.layers.attention_kernels import FORMS
 from tests.testing import gradients, run_layer_test
 
 
@@ -67,27 +66,47 @@ def test_attention_block(norm, trainable, tmp_path):
     )
 
 
-@pytest.mark.parametrize("kernel", ATTENTION_KERNELS)
-def test_attention_matches_explicit_softmax(kernel, monkeypatch):
-    # Every attention form (those not picked on this backend and machine too).
-    monkeypatch.setattr(attention, "attention_kernel", lambda tensor: kernel)
-    block = AttentionBlock(dim=8, heads=2, dim_head=4, norm="none")
-    x = np.random.default_rng(1).normal(size=(2, 5, 8)).astype("float32")
-    out = keras.ops.convert_to_numpy(block(x))
+def _explicit_attention(block, x):
+    """The block's output in numpy, from its Dense layers' effective kernels."""
     qkv = x @ keras.ops.convert_to_numpy(block.qkv.kernel)
     q, k, v = (qkv[..., i * 8 : (i + 1) * 8].reshape(2, 5, 2, 4).transpose(0, 2, 1, 3) for i in range(3))
     scores = q @ k.transpose(0, 1, 3, 2) * 4**-0.5
     weights = np.exp(scores - scores.max(-1, keepdims=True))
     weights /= weights.sum(-1, keepdims=True)
     heads = (weights @ v).transpose(0, 2, 1, 3).reshape(2, 5, 8)
-    expected = x + heads @ keras.ops.convert_to_numpy(block.out.kernel) + keras.ops.convert_to_numpy(block.out.bias)
-    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    return x + heads @ keras.ops.convert_to_numpy(block.out.kernel) + keras.ops.convert_to_numpy(block.out.bias)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_attention_matches_explicit_softmax(form):
+    # Every attention form (those not picked on this backend and machine too).
+    block = AttentionBlock(dim=8, heads=2, dim_head=4, norm="none")
+    block.build((2, 5, 8))
+    block.attention_form = form
+    x = np.random.default_rng(1).normal(size=(2, 5, 8)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(block(x)), _explicit_attention(block, x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_every_form_computes_through_the_qkv_layer(form):
+    # LoRA on the projection changes what `qkv(x)` computes, not `qkv`'s kernel variable:
+    # a form that multiplied by that variable itself would miss it.
+    block = AttentionBlock(dim=8, heads=2, dim_head=4, norm="none")
+    block.build((2, 5, 8))
+    block.attention_form = form
+    x = np.random.default_rng(1).normal(size=(2, 5, 8)).astype("float32")
+    plain = keras.ops.convert_to_numpy(block(x))
+    block.qkv.enable_lora(2)
+    block.qkv.lora_kernel_b.assign(np.random.default_rng(2).normal(size=(2, 24)).astype("float32"))
+    adapted = keras.ops.convert_to_numpy(block(x))
+    assert np.abs(adapted - plain).max() > 1e-2
+    np.testing.assert_allclose(adapted, _explicit_attention(block, x), rtol=1e-4, atol=1e-5)
 
 
 def _autodiff_attention(qkv, heads, scale):
     """softmax(q k^T * scale) v from the fused projection, as plain matmuls with autodiff's gradient."""
-    _, _, v, weights = attention._weights(qkv, heads, scale)
-    return attention._merge_heads(keras.ops.matmul(weights, v))
+    q, k, v = attention_kernels.split_heads(qkv, heads)
+    return attention_kernels.merge_heads(keras.ops.matmul(attention_kernels.attention_weights(q, k, scale), v))
 
 
 @pytest.mark.parametrize("xla", [False, True], ids=["traced", "xla"])
@@ -98,31 +117,56 @@ def test_xla_cpu_attention_gradient_matches_autodiff(xla):
     qkv = rng.normal(size=(3, 7, 3 * 2 * 4)).astype("float32")  # 2 heads of width 4
     upstream = keras.ops.convert_to_tensor(rng.normal(size=(3, 7, 2 * 4)).astype("float32"))
     (expected,) = gradients(lambda t: _autodiff_attention(t, 2, 0.5) * upstream, (qkv,), xla=xla)
-    (got,) = gradients(lambda t: attention._xla_cpu_attention(t, 2, 0.5) * upstream, (qkv,), xla=xla)
+    (got,) = gradients(lambda t: attention_kernels.xla_cpu_attention(t, 2, 0.5) * upstream, (qkv,), xla=xla)
     for name, part in zip("qkv", range(3)):
         e, g = (a[..., part * 8 : (part + 1) * 8] for a in (expected, got))
         assert np.abs(e).max() > 1e-3, f"d{name} is zero: the test would not see a wrong gradient"
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
 
 
-def test_sliced_projection_gradient_matches_fused():
-    # q, k, v as three products with the kernel's column blocks: the same gradients, for the
-    # projection's input and for each block of the kernel, as one product and a split.
+@pytest.mark.parametrize("xla", [False, True], ids=["traced", "xla"])
+def test_every_form_gives_the_same_gradients(xla):
+    # The whole block, every form: gradients for its input and for each weight
+    # (qkv kernel with its q, k and v blocks, output kernel and bias).
     rng = np.random.default_rng(3)
-    h = rng.normal(size=(3, 7, 6)).astype("float32")
-    kernel = rng.normal(size=(6, 3 * 2 * 4)).astype("float32")  # 2 heads of width 4
-    upstream = keras.ops.convert_to_tensor(rng.normal(size=(3, 7, 2 * 4)).astype("float32"))
-    fused = lambda x, w: _autodiff_attention(keras.ops.matmul(x, w), 2, 0.5) * upstream  # noqa: E731
-    sliced = lambda x, w: attention._sliced_matmul_attention(x, w, 2, 0.5) * upstream  # noqa: E731
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(sliced(h, kernel)), keras.ops.convert_to_numpy(fused(h, kernel)), rtol=1e-5, atol=1e-6
-    )
-    expected, got = gradients(fused, (h, kernel)), gradients(sliced, (h, kernel))
-    np.testing.assert_allclose(got[0], expected[0], rtol=1e-4, atol=1e-5, err_msg="d input")
-    for name, part in zip("qkv", range(3)):
-        e, g = (a[:, part * 8 : (part + 1) * 8] for a in (expected[1], got[1]))
-        assert np.abs(e).max() > 1e-3, f"d kernel {name} is zero: the test would not see a wrong gradient"
-        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=f"d kernel {name}")
+    x = rng.normal(size=(3, 7, 8)).astype("float32")
+    upstream = keras.ops.convert_to_tensor(rng.normal(size=(3, 7, 8)).astype("float32"))
+    block = AttentionBlock(dim=8, heads=2, dim_head=4, norm="none")
+    block.build(x.shape)
+    weights = [keras.ops.convert_to_numpy(w) for w in block.trainable_variables]
+    names = [w.path for w in block.trainable_variables]
+
+    def grads(form):
+        block.attention_form = form
+        return gradients(lambda x, *ws: block.stateless_call(list(ws), [], x)[0] * upstream, (x, *weights), xla=xla)
+
+    expected = grads("math")
+    for form in FORMS[1:]:
+        for name, e, g in zip(["input", *names], expected, grads(form)):
+            assert np.abs(e).max() > 1e-3, f"d {name} is zero: the test would not see a wrong gradient"
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=f"{form}: d {name}")
+
+
+def test_attention_form_is_chosen_once_at_build(monkeypatch):
+    from keras_vitbn import create_model
+
+    model = create_model("vit_bnffn", depth=2, dim=16, heads=2, dim_head=8, mlp_dim=32)
+    blocks = [layer for layer in model._flatten_layers() if isinstance(layer, AttentionBlock)]
+    assert len(blocks) == 2 and {b.attention_form for b in blocks} == {attention_kernels.default_form()}
+    if keras.backend.backend() == "torch":
+        on_cpu = keras.ops.zeros(()).device.type == "cpu"
+    else:
+        on_cpu = all(d.lower().startswith("cpu") for d in keras.distribution.list_devices())
+    if on_cpu:  # plain autodiff on torch, the hand-written gradient for XLA
+        assert attention_kernels.default_form() == ("math" if keras.backend.backend() == "torch" else "xla_cpu")
+    monkeypatch.setenv(attention_kernels.ENV, "fused")
+    assert blocks[0].attention_form != "fused" or not on_cpu  # a built layer keeps its form
+    block = AttentionBlock(dim=8, heads=2, dim_head=4)
+    block.build((2, 5, 8))
+    assert block.attention_form == "fused"
+    monkeypatch.setenv(attention_kernels.ENV, "flash")
+    with pytest.raises(ValueError, match="KERAS_VITBN_ATTENTION='flash' is not an attention form: set it to one of"):
+        AttentionBlock(dim=8, heads=2, dim_head=4).build((2, 5, 8))
 
 
 @pytest.mark.parametrize(
@@ -214,24 +258,6 @@ def test_token_pooling(pool, tmp_path):
     x = np.random.default_rng(0).random((2, 5, 4), dtype=np.float32)
     expected = x[:, 0] if pool == "cls" else x.mean(axis=1)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), expected, rtol=1e-6)
-
-
-def test_attention_path_on_real_inputs(monkeypatch):
-    # On torch the model is first traced on "meta" tensors; the path must be chosen
-    # from the real inputs' device (plain matrix products on a CPU), not from that trace.
-    from keras_vitbn import create_model, performance
-
-    chosen = []
-    monkeypatch.setattr(
-        attention, "attention_kernel", lambda t: chosen.append(performance.attention_kernel(t)) or chosen[-1]
-    )
-    model = create_model("vit_bnffn", depth=1, dim=16, heads=2, dim_head=8, mlp_dim=32)
-    chosen.clear()
-    model(np.zeros((2, 28, 28, 1), "float32"), training=True)
-    expected = performance.attention_kernel(keras.ops.zeros((1,)))
-    assert chosen == [expected]
-    if keras.backend.backend() == "torch" and keras.ops.zeros((1,)).device.type == "cpu":
-        assert chosen == ["matmul"]
 
 
 @pytest.mark.parametrize(

@@ -72,6 +72,9 @@ def assert_keras_round_trip(model, x, tmp_path, name="model", check_config=True)
     return path
 
 
+PRECISION_POLICIES = ("float32", "mixed_bfloat16")
+
+
 def run_layer_test(
     layer_cls,
     init_kwargs,
@@ -81,13 +84,26 @@ def run_layer_test(
     expected_num_non_trainable_weights=0,
     tmp_path=None,
 ):
-    """Config round trip, weight counts, symbolic and eager calls, a fit step, .keras round trip."""
+    """What keras-hub's `run_layer_test` checks, for one layer class:
+
+    config round trip (`from_config`, and `serialize_keras_object` /
+    `deserialize_keras_object`), the built state (`build` alone creates every
+    weight and builds every sublayer), weight counts, symbolic and eager calls,
+    every policy of `PRECISION_POLICIES` (compute and variable dtypes, the same
+    policy on every sublayer, values close to float32's), a fit step, and a
+    .keras round trip.
+    """
     layer = layer_cls(**init_kwargs)
     config = layer.get_config()
     rebuilt = layer_cls.from_config(config)
     assert rebuilt.get_config() == config, "from_config(get_config()) changed the config"
     for key, value in init_kwargs.items():
         assert config[key] == value, f"get_config()[{key!r}] = {config[key]!r}, constructed with {value!r}"
+    revived = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(revived) is layer_cls and revived.get_config() == config, "serialize/deserialize changed the layer"
+
+    assert_built_state(layer_cls(**init_kwargs), input_shape, expected_num_trainable_weights,
+                       expected_num_non_trainable_weights)
 
     symbolic = layer(keras.KerasTensor((None, *input_shape[1:])))
     assert tuple(symbolic.shape) == (None, *expected_output_shape[1:])
@@ -99,14 +115,8 @@ def run_layer_test(
     assert tuple(eager.shape) == tuple(expected_output_shape)
     assert np.all(np.isfinite(_as_numpy(eager)))
 
-    # Mixed precision: bfloat16 compute, float32 variables.
-    mixed = layer_cls(**init_kwargs, dtype="mixed_bfloat16")
-    mixed_out = mixed(x)
-    assert keras.backend.standardize_dtype(mixed_out.dtype) == "bfloat16"
-    assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in mixed.weights)
-    np.testing.assert_allclose(
-        _as_numpy(keras.ops.cast(mixed_out, "float32")), _as_numpy(_copy_weights(layer, mixed)(x)), rtol=0.1, atol=0.1
-    )
+    for policy in PRECISION_POLICIES:
+        assert_precision(layer_cls, init_kwargs, policy, x, reference=layer)
 
     inputs = keras.Input(input_shape[1:])
     model = keras.Model(inputs, layer_cls(**init_kwargs)(inputs))
@@ -114,6 +124,36 @@ def run_layer_test(
     if tmp_path is not None:
         assert_keras_round_trip(model, x, tmp_path, name=layer_cls.__name__, check_config=False)
     return layer
+
+
+def assert_built_state(layer, input_shape, num_trainable, num_non_trainable):
+    """`build(input_shape)` alone, without a call, creates every weight and builds every sublayer:
+    what lets a saved model reload without a forward pass."""
+    layer.build(input_shape)
+    assert layer.built, f"{type(layer).__name__}.build did not set built"
+    assert len(layer.trainable_weights) == num_trainable, "build did not create every trainable weight"
+    assert len(layer.non_trainable_weights) == num_non_trainable, "build did not create every non-trainable weight"
+    unbuilt = [sub.name for sub in layer._flatten_layers(include_self=False) if not sub.built]
+    assert not unbuilt, f"sublayers not built by {type(layer).__name__}.build: {unbuilt}"
+
+
+def assert_precision(layer_cls, init_kwargs, policy, x, reference):
+    """The layer under dtype policy `policy`: outputs in its compute dtype, weights in its
+    variable dtype, every sublayer on the same policy, and values close to `reference`'s
+    (float32, given the same weights)."""
+    layer = layer_cls(**init_kwargs, dtype=policy)
+    out = layer(x)
+    policy = keras.dtype_policies.get(policy)
+    assert keras.backend.standardize_dtype(out.dtype) == policy.compute_dtype, policy.name
+    for weight in layer.weights:
+        assert keras.backend.standardize_dtype(weight.dtype) == policy.variable_dtype, (policy.name, weight.path)
+    for sub in layer._flatten_layers(include_self=False):
+        assert sub.dtype_policy.name == policy.name, f"sublayer {sub.name} runs {sub.dtype_policy.name}, not {policy.name}"
+    tolerance = 1e-5 if policy.compute_dtype == "float32" else 0.1  # bfloat16 keeps 8 bits
+    np.testing.assert_allclose(
+        _as_numpy(keras.ops.cast(out, "float32")), _as_numpy(_copy_weights(reference, layer)(x)),
+        rtol=tolerance, atol=tolerance, err_msg=policy.name,
+    )
 
 
 def _copy_weights(source, target):
