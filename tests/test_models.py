@@ -30,7 +30,9 @@ def tiny(name):
 
 
 def test_registry_lists_every_variant():
-    assert keras_vitbn.list_models() == sorted(TINY)
+    from tests.test_cnn_models import TINY as IMAGENET_SIZED  # the CNNs and vit_b16, tested there
+
+    assert keras_vitbn.list_models() == sorted([*TINY, *IMAGENET_SIZED, "resnet"])
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

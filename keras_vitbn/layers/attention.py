@@ -13,7 +13,7 @@ from keras_vitbn.layers.validation import check_positive, check_rate
 class AttentionBlock(keras.layers.Layer):
     """Pre-norm multi-head self-attention with a residual connection.
 
-    `x + out(attention(qkv(norm(x))))`, with one fused bias-free q/k/v projection
+    `x + out(attention(qkv(norm(x))))`, with one fused q/k/v projection (bias-free unless `qkv_bias`)
     to 3 x `heads` x `dim_head` (the inner width is independent of `dim`, as in
     the reference: 8 x 64 = 512 with dim 64) and scale `dim_head ** -0.5`.
     `call` computes softmax(q k^T * scale) v as written; where another form of
@@ -27,6 +27,8 @@ class AttentionBlock(keras.layers.Layer):
         dim_head: int. Width of each head. Defaults to 64.
         norm: str. Pre-norm, `layernorm`, `batchnorm` or `none`. Defaults to `layernorm`.
         dropout: float. Dropout after the output projection. Defaults to 0.
+        qkv_bias: bool. A bias in the q/k/v projection (torchvision's ViT has one, the
+            article's reference none). Defaults to False.
 
     Example:
     >>> block = AttentionBlock(dim=64, heads=8, dim_head=64)
@@ -34,7 +36,7 @@ class AttentionBlock(keras.layers.Layer):
     (2, 17, 64)
     """
 
-    def __init__(self, dim, heads=8, dim_head=64, norm="layernorm", dropout=0.0, **kwargs):
+    def __init__(self, dim, heads=8, dim_head=64, norm="layernorm", dropout=0.0, qkv_bias=False, **kwargs):
         super().__init__(**kwargs)
         check_positive(dim=dim, heads=heads, dim_head=dim_head)
         check_norm(norm)
@@ -44,6 +46,7 @@ class AttentionBlock(keras.layers.Layer):
         self.dim_head = dim_head
         self.norm = norm
         self.dropout = dropout
+        self.qkv_bias = bool(qkv_bias)
         self.inner_dim = heads * dim_head
         self.scale = dim_head**-0.5
 
@@ -52,7 +55,7 @@ class AttentionBlock(keras.layers.Layer):
             raise ValueError(f"AttentionBlock(dim={self.dim}) got tokens of width {input_shape[-1]}")
         self.pre_norm = make_norm(self.norm, layer_name="norm", dtype=self.dtype_policy)
         self.pre_norm.build(input_shape)
-        self.qkv = torch_dense(3 * self.inner_dim, self.dim, use_bias=False, name="qkv", dtype=self.dtype_policy)
+        self.qkv = torch_dense(3 * self.inner_dim, self.dim, use_bias=self.qkv_bias, name="qkv", dtype=self.dtype_policy)
         self.qkv.build(input_shape)
         self.out = torch_dense(self.dim, self.inner_dim, name="out", dtype=self.dtype_policy)
         self.out.build((*input_shape[:-1], self.inner_dim))
@@ -76,6 +79,7 @@ class AttentionBlock(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            dim=self.dim, heads=self.heads, dim_head=self.dim_head, norm=self.norm, dropout=self.dropout
+            dim=self.dim, heads=self.heads, dim_head=self.dim_head, norm=self.norm, dropout=self.dropout,
+            qkv_bias=self.qkv_bias,
         )
         return config

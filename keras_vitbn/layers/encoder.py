@@ -21,6 +21,7 @@ class Encoder(keras.layers.Layer):
             or `none`. Defaults to `layernorm`.
         ffn_norm: str. Feed-forward norm placement, see `FeedForward`. Defaults to `layernorm`.
         dropout: float. Dropout inside the blocks. Defaults to 0.
+        qkv_bias: bool. A bias in each block's q/k/v projection. Defaults to False.
 
     Example:
     >>> encoder = Encoder(dim=64, depth=2, ffn_norm="batchnorm")
@@ -38,6 +39,7 @@ class Encoder(keras.layers.Layer):
         norm="layernorm",
         ffn_norm="layernorm",
         dropout=0.0,
+        qkv_bias=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -51,6 +53,7 @@ class Encoder(keras.layers.Layer):
         self.norm = norm
         self.ffn_norm = ffn_norm
         self.dropout = dropout
+        self.qkv_bias = bool(qkv_bias)
         # Validate the FFN and attention arguments now, not at first call.
         FeedForward(dim, mlp_dim, norm=ffn_norm, dropout=dropout)
         AttentionBlock(dim, heads, dim_head, norm=norm, dropout=dropout)
@@ -62,7 +65,7 @@ class Encoder(keras.layers.Layer):
         for i in range(self.depth):
             attention = AttentionBlock(
                 self.dim, self.heads, self.dim_head, norm=self.norm, dropout=self.dropout,
-                name=f"block{i}_attention", dtype=dtype,
+                qkv_bias=self.qkv_bias, name=f"block{i}_attention", dtype=dtype,
             )
             attention.build(input_shape)
             ffn = FeedForward(
@@ -95,5 +98,6 @@ class Encoder(keras.layers.Layer):
             norm=self.norm,
             ffn_norm=self.ffn_norm,
             dropout=self.dropout,
+            qkv_bias=self.qkv_bias,
         )
         return config

@@ -32,6 +32,9 @@ class ViT(ArgumentsConfigModel):
         pos_embedding: str. `learned` or `sincos`. Defaults to `learned`.
         dropout: float. Dropout inside the encoder blocks. Defaults to 0.
         emb_dropout: float. Dropout on the embedded tokens. Defaults to 0.
+        patch_norm: str or None. The two norms of the patch embedding (`layernorm`,
+            `batchnorm`, `none`); None means `norm`. torchvision's ViT has none. Defaults to None.
+        qkv_bias: bool. A bias in the q/k/v projections (torchvision's ViT has one). Defaults to False.
 
     Inputs are NHWC float32 pixels in [0, 1]; outputs are logits.
 
@@ -58,6 +61,8 @@ class ViT(ArgumentsConfigModel):
         pos_embedding="learned",
         dropout=0.0,
         emb_dropout=0.0,
+        patch_norm=None,
+        qkv_bias=False,
         **kwargs,
     ):
         check_positive(num_classes=num_classes)
@@ -65,12 +70,12 @@ class ViT(ArgumentsConfigModel):
         dtype = kwargs.get("dtype")
         inputs = keras.Input((height, width, channels), name="images")
         x = PatchEmbedding(
-            image_size, patch_size, dim, channels=channels, norm=norm,
+            image_size, patch_size, dim, channels=channels, norm=norm if patch_norm is None else patch_norm,
             pos_embedding=pos_embedding, dropout=emb_dropout, name="patch_embedding", dtype=dtype,
         )(inputs)
         x = Encoder(
             dim, depth, heads=heads, dim_head=dim_head, mlp_dim=mlp_dim, norm=norm,
-            ffn_norm=ffn_norm, dropout=dropout, name="encoder", dtype=dtype,
+            ffn_norm=ffn_norm, dropout=dropout, qkv_bias=qkv_bias, name="encoder", dtype=dtype,
         )(x)
         x = TokenPooling(pool, name="pool", dtype=dtype)(x)
         outputs = torch_dense(num_classes, dim, name="head", dtype=dtype)(x)
@@ -91,4 +96,6 @@ class ViT(ArgumentsConfigModel):
             pos_embedding=pos_embedding,
             dropout=dropout,
             emb_dropout=emb_dropout,
+            patch_norm=patch_norm,
+            qkv_bias=qkv_bias,
         )
