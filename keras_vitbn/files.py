@@ -193,7 +193,8 @@ def _foreign_entries(path, kind):
     known = KNOWN_FILES[kind] | {MARKER, LOCK}
     foreign = []
     for name in sorted(os.listdir(path)):
-        if name in known or ".tmp" in name or (kind == "run" and name.startswith("worker")):
+        temporary = (name.startswith(".") and ".tmp-" in name) or any(name.startswith(k + ".tmp") for k in known)
+        if name in known or temporary or (kind == "run" and name.startswith("worker")):
             continue
         foreign.append(name)
     return foreign

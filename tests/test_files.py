@@ -141,7 +141,8 @@ def test_second_process_refused_and_lock_freed_by_kill_9(tmp_path):
 
 
 def test_train_refuses_foreign_folder_and_keeps_old_run_on_bad_input(shared_data, tmp_path):
-    from keras_vitbn.training import TrainConfig, train
+    from keras_vitbn.training import TrainConfig
+    from keras_vitbn.training.train import train
 
     tiny = {"dataset": "fashion_mnist", "data_dir": os.path.join(shared_data, "fashion-mnist"), "depth": 1,
             "model_overrides": {"dim": 16, "heads": 2, "dim_head": 8, "mlp_dim": 16},
@@ -173,3 +174,21 @@ def test_train_refuses_foreign_folder_and_keeps_old_run_on_bad_input(shared_data
     assert result["status"] == "completed" and result["history"][0]["lr"] == pytest.approx(0.01)
     assert files.read_jsonl(out / "history.jsonl") == result["history"] and files.is_marked(out)
     assert keras.saving.load_model(str(out / "model_last.keras")) is not None and _no_temp_files(out)
+
+
+def test_search_overwrite_keeps_the_old_search_when_the_data_fail(tmp_path):
+    from keras_vitbn.training import TrainConfig
+    from keras_vitbn.tuning.config import SearchConfig
+    from keras_vitbn.tuning.search import search
+
+    out = tmp_path / "search"
+    with run_folder(out, "search"):
+        (out / "search.json").write_text("{}")
+    config = SearchConfig(TrainConfig(dataset="fashion_mnist", data_dir=str(tmp_path / "nowhere"), validation_split=0.1),
+                          depths=(1,), trials=1, output_dir=str(out))
+    with pytest.raises(ValueError, match="does not exist"):
+        search(config, overwrite=True)
+    assert (out / "search.json").read_text() == "{}"
+    with pytest.raises(RunFolderError, match="run folder, not a search folder"):
+        with run_folder(tmp_path / "run", "run"):
+            search(SearchConfig(config.train, depths=(1,), trials=1, output_dir=str(tmp_path / "run")))

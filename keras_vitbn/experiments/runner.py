@@ -24,6 +24,8 @@ import sys
 import time
 import traceback
 
+from keras_vitbn import files
+
 CACHE_VERSION = 1
 # Data folders are where the data sit, not which data: leaving them out keeps a cache
 # (and committed results) valid in another checkout; `dataset` and `source` still count.
@@ -124,36 +126,20 @@ def config_hash(train_dict, backend):
 
 
 def read_json(path, default=None):
+    """`keras_vitbn.files.read_json`, but a damaged or unreadable file reads as `default`: a sweep goes on."""
     try:
-        with open(path) as f:
-            return json.load(f)
+        return files.read_json(path, default)
     except (OSError, ValueError):
         return default
 
 
 def write_json(path, obj):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(_jsonable(obj), f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    files.write_json(path, _jsonable(obj), sort_keys=True)
 
 
 def read_history(run_dir):
-    """Per-epoch dicts from `history.jsonl` (NaN-tolerant); [] when absent."""
-    path = os.path.join(run_dir, "history.jsonl")
-    rows = []
-    if not os.path.exists(path):
-        return rows
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))  # json accepts NaN / Infinity
-            except ValueError:
-                continue  # a half-written last line of an interrupted run
-    return rows
+    """Per-epoch dicts from `history.jsonl` (NaN-tolerant, a half-written last line skipped); [] when absent."""
+    return files.read_jsonl(os.path.join(run_dir, "history.jsonl"))
 
 
 def run_status(run_dir):

@@ -13,6 +13,9 @@ A run directory holds:
     curves.png         accuracy and loss curves, redrawn every epoch
     tensorboard/       TensorBoard logs
     backup/            BackupAndRestore state: rerunning the same command resumes here
+    .keras_vitbn_run.json, .keras_vitbn.lock
+                       the project's marker and the lock held while a process writes here
+                       (keras_vitbn.files: --overwrite deletes only a marked folder)
 
 A run whose training loss becomes NaN or infinite stops at once and is recorded
 as "diverged" with its history kept: a result, not a crash.

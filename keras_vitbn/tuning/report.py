@@ -18,7 +18,7 @@ Per cell (model, depth), `results.csv` / `results.md` give:
 
 import csv
 import glob
-import json
+import io
 import math
 import os
 import shutil
@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from keras_vitbn import files as files_lib
 from keras_vitbn.files import read_json, write_json
 from keras_vitbn.tuning.search import LR, OBJECTIVE, _say, cell_name
 
@@ -125,7 +126,8 @@ def _evaluate_best(trial, best_dir, test_ds, test_aug_ds):
     if record and record.get("trial_id") == trial["trial_id"] and record.get("source_stamp") == stamp and os.path.exists(target):
         return target, record
     os.makedirs(best_dir, exist_ok=True)
-    shutil.copyfile(source, target)
+    with files_lib.atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
     model = keras.saving.load_model(target, compile=False)
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     record = {
@@ -198,13 +200,12 @@ def _fmt(value, column):
 
 
 def _write_csv(path, rows, columns):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
+    files_lib.write_text(path, text.getvalue())
 
 
 def markdown_table(results):
@@ -293,7 +294,7 @@ def plot_heatmaps(config, trials, path):
         ax.set_title(f"{model}: best val accuracy")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="validation accuracy (last epoch)")
     fig.suptitle(f"{config.train.dataset}: {config.tuner} search, grey = not tried, div. = diverged", fontsize=9, y=1.04)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    files_lib.save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -338,7 +339,7 @@ def plot_best_lr(config, results, trials, path):
         ax.grid(alpha=0.3)
     fig.suptitle(f"{config.train.dataset}: learning rate per depth ({config.tuner} search)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    files_lib.save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -377,15 +378,11 @@ def write_report(config, test_ds=None, test_aug_ds=None, search_seconds=None, ev
         text.append("")
     if unfinished:
         text.append(f"{len(unfinished)} trials are not finished: rerun the search to finish them.\n")
-    tmp = f"{files['results_md']}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write("\n".join(text))
-    os.replace(tmp, files["results_md"])
+    files_lib.write_text(files["results_md"], "\n".join(text))
     plot_best_lr(config, results, trials, files["best_lr_plot"])
     plot_heatmaps(config, trials, files["heatmap"])
-    with open(os.path.join(out, "report.log"), "a") as f:
-        f.write(json.dumps({"time": time.time(), "pid": os.getpid(),
-                            "tuner_id": os.environ.get("KERASTUNER_TUNER_ID"), "trials": len(trials)}) + "\n")
+    files_lib.append_jsonl(os.path.join(out, "report.log"), {"time": time.time(), "pid": os.getpid(),
+                           "tuner_id": os.environ.get("KERASTUNER_TUNER_ID"), "trials": len(trials)})
     _say(f"results in {files['results_md']}:\n{markdown_table(results)}")
     for t in trials:
         t.pop("_dir", None)

@@ -68,7 +68,6 @@ import hmac
 import json
 import math
 import os
-import shutil
 import time
 
 import grpc
@@ -78,7 +77,7 @@ import keras_tuner as kt
 from keras_vitbn import auto_distribute
 from keras_vitbn.data import augment as augment_lib
 from keras_vitbn.data import datasets
-from keras_vitbn.files import read_json, write_json
+from keras_vitbn.files import read_json, run_folder, write_json
 from keras_vitbn.progress import Progress, format_percent
 from keras_vitbn.training import callbacks as training_callbacks
 from keras_vitbn.training.train import build_model, compile_model, load_data, run_splits
@@ -803,15 +802,21 @@ def search(config, overwrite=False, verbose="auto", command=None, chief_timeout=
     if not config.output_dir:
         config = SearchConfig.from_dict({**config.to_dict(), "output_dir": config.default_output_dir()})
     output_dir = config.output_dir
-    if overwrite and role != "worker" and os.path.isdir(output_dir):
-        shutil.rmtree(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
+    # Locked for this process (a worker shares its chief's folder, and neither locks nor clears it);
+    # with `overwrite`, emptied only once the data have loaded.
+    worker = role == "worker"
+    with run_folder(output_dir, "search", overwrite=overwrite and not worker, command=command, lock=not worker) as folder:
+        return _search_in_folder(folder, config, role, verbose, command, chief_timeout, report, callbacks)
 
+
+def _search_in_folder(folder, config, role, verbose, command, chief_timeout, report, callbacks):
+    output_dir = folder.path
     start = time.perf_counter()
     splits = run_splits(config.train)
     _, val_ds, test_ds, test_aug_ds, provenance = load_data(config.train, splits=splits)
     if provenance.get("warning"):
         _say(f"WARNING: {provenance['warning']}")
+    folder.clear()  # --overwrite: the new search has validated, the old one goes
     _check_or_write_config(config, output_dir, role, command, provenance)
     if verbose == "auto":
         import sys
