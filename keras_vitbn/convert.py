@@ -9,11 +9,12 @@ BatchNorm running statistics included, and every key must be used exactly once.
 Converting needs torch; the `.keras` file it writes does not.
 """
 
-import argparse
 import math
 import os
 import re
 import sys
+
+from keras_vitbn.cli_errors import ArgumentParser, command
 
 
 # Reference key names per part; the two published checkpoints name a few parts differently.
@@ -163,17 +164,24 @@ def convert_state_dict(state, heads=8, channels=None):
 
 def convert_checkpoint(checkpoint_path, output_path, heads=8, channels=None):
     """Converts a reference `.pth` into a `.keras` file; returns the Keras model."""
+    from keras_vitbn import files
+
     if not str(output_path).endswith(".keras"):
         raise CheckpointError(f"output {output_path} must end in .keras")
-    model = convert_state_dict(load_state_dict(checkpoint_path), heads=heads, channels=channels)
     directory = os.path.dirname(os.path.abspath(output_path))
-    os.makedirs(directory, exist_ok=True)
-    model.save(output_path)
+    try:  # before converting: a bad output path fails at once
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise CheckpointError(f"cannot create the folder of {output_path}: {error.strerror}") from None
+    files.check_writable(output_path, "output")
+    model = convert_state_dict(load_state_dict(checkpoint_path), heads=heads, channels=channels)
+    files.save_model(model, output_path)
     return model
 
 
+@command
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m keras_vitbn.convert",
         description="Convert a reference PyTorch ViT/ViTBNFFN checkpoint into a .keras model.",
     )

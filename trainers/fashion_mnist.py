@@ -9,6 +9,7 @@ Every flag: python trainers/fashion_mnist.py --help
 import os
 import sys
 
+KERAS_VITBN_ENTRY_POINT = True  # keras_vitbn/__init__.py then holds back TensorFlow's start-up logging
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds tf.data here: hide its C++ chatter
 
 try:

@@ -1,19 +1,19 @@
 """`python -m keras_vitbn.benchmark`: see `keras_vitbn.benchmark`."""
 
-import argparse
 import datetime
 import os
 import sys
 
 from keras_vitbn.benchmark import results_csv
 from keras_vitbn.benchmark.run import BACKENDS, DEFAULT_DATA, MODELS, format_markdown, run_benchmark, write_results
+from keras_vitbn.cli_errors import ArgumentParser, command
 from keras_vitbn.training.config import DTYPE_POLICIES
 
 SMOKE = {"depth": 1, "steps": 2, "windows": 1, "epoch_images": 200, "infer_batch": 50, "infer_repeats": 1}
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m keras_vitbn.benchmark",
         description="Training speed of the Keras ViT models on each backend against a plain-PyTorch yardstick.",
     )
@@ -63,6 +63,7 @@ def build_parser():
     return parser
 
 
+@command
 def main(argv=None):
     args = build_parser().parse_args(argv)
     kwargs = dict(
@@ -79,7 +80,10 @@ def main(argv=None):
     output = args.output or os.path.join(
         "runs", "benchmark", datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-smoke" if args.smoke else "")
     )
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    try:  # before minutes of benchmarking
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot create the folder of --output {output}: {error.strerror}") from None
     results = run_benchmark(**kwargs, partial_path=output + ".partial.json")
     results["machine"]["cpu_id"] = results_csv.cpu_id()
     print(format_markdown(results))

@@ -8,7 +8,6 @@ command after an interruption), then writes report.md, figures and summary.json
 into --out. Keras is imported only after --backend has been applied.
 """
 
-import argparse
 import dataclasses
 import importlib.util
 import json
@@ -17,6 +16,7 @@ import shlex
 import sys
 import time
 
+from keras_vitbn.cli_errors import ArgumentParser, command
 from keras_vitbn.experiments.config import REPO_ROOT, data_preset
 from keras_vitbn.experiments.config import quick as make_quick
 
@@ -59,7 +59,7 @@ def _seeds(text):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m keras_vitbn.experiments",
         description="Run an experiment grid (cached, resumable) and write its report.",
     )
@@ -114,6 +114,7 @@ def apply_overrides(cfg, args):
     return cfg
 
 
+@command
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)

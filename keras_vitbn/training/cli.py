@@ -15,6 +15,7 @@ import shlex
 import sys
 
 from keras_vitbn import auto_distribute
+from keras_vitbn.cli_errors import ArgumentParser, command
 from keras_vitbn.data.augment import POLICIES
 from keras_vitbn.distribute import add_distribute_args, distribute_options
 from keras_vitbn.progress import format_percent
@@ -54,7 +55,7 @@ def _override(text):
 
 def build_parser(defaults, description=None):
     config = TrainConfig(**defaults)
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--model", default=config.model, choices=_model_names(), help="registry name (default %(default)s)")
     g.add_argument("--depth", type=int, default=None,
@@ -106,7 +107,8 @@ def build_parser(defaults, description=None):
 
     g = p.add_argument_group("output")
     g.add_argument("--output-dir", default="", help="run directory (default runs/<dataset>/<model>-d<depth>-<backend>-<config hash>)")
-    g.add_argument("--overwrite", action="store_true", help="delete the run directory and start afresh")
+    g.add_argument("--overwrite", action="store_true", help="start afresh: once the new run has validated, delete the old one "
+                   "(only a folder this project wrote)")
     g.add_argument("--mlflow", action="store_true", help="also log to MLflow ($MLFLOW_TRACKING_URI, else ./mlruns)")
     g.add_argument("--verbose", default="auto", choices=["auto", "0", "1", "2"], help="Keras progress output (default %(default)s)")
     add_distribute_args(p)
@@ -168,6 +170,7 @@ def config_from_args(args, defaults):
     )
 
 
+@command
 def main(argv=None, defaults=None, description=None):
     """Parses flags over `defaults` (TrainConfig fields), trains, prints a summary; returns the exit code."""
     defaults = dict(defaults or {})

@@ -19,6 +19,7 @@ import os
 import shlex
 import sys
 
+from keras_vitbn.cli_errors import ArgumentParser, command
 from keras_vitbn.training.cli import build_parser, config_from_args
 from keras_vitbn.training.presets import PRESETS
 from keras_vitbn.tuning.config import TUNERS, SearchConfig
@@ -50,7 +51,8 @@ def _parser(preset):
     g.add_argument("--initial-points", type=int, default=None,
                    help="random trials before Bayesian optimisation starts (default 3)")
     g.add_argument("--output-dir", default="", help="search directory (default runs/tuning/<dataset>)")
-    g.add_argument("--overwrite", action="store_true", help="delete the search directory and start afresh")
+    g.add_argument("--overwrite", action="store_true", help="start afresh: once the new search has validated, delete the old one "
+                   "(only a folder this project wrote)")
     g.add_argument("--report-only", action="store_true",
                    help="rewrite the results from the search directory without training")
     g.add_argument("--chief-timeout", type=float, default=3600.0,
@@ -62,7 +64,7 @@ def _parser(preset):
 
 def config_from_cli(argv):
     """(SearchConfig, parsed args) from command-line flags."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = ArgumentParser(add_help=False)
     pre.add_argument("--preset", default="mnist", choices=sorted(PRESETS))
     known, _ = pre.parse_known_args(argv)
     defaults = {**PRESETS[known.preset], "validation_split": 0.1}
@@ -92,6 +94,7 @@ def config_from_cli(argv):
     return config, args
 
 
+@command
 def main(argv=None):
     """Parses flags, runs (or resumes, or reports) the search, prints a summary; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -124,7 +127,7 @@ def main(argv=None):
 
         if not isinstance(error, keras_tuner.errors.FatalError) or os.environ.get("KERAS_VITBN_DEBUG"):
             raise
-        print(f"error: {error}\nfix it, then rerun the same command to resume the search", file=sys.stderr)
+        print(f"error: {error}; fix it, then rerun the same command to resume the search", file=sys.stderr)
         return 1
     brief = {k: summary.get(k) for k in ("output_dir", "role", "seconds")}
     if "files" in summary:
