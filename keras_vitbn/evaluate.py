@@ -28,13 +28,15 @@ def confusion_matrix(labels, predictions, num_classes):
     return matrix
 
 
-def _test_split(dataset, data_dir, source):
+def _test_split(dataset, data_dir, source, num_classes=None):
+    """The test Split and what it is; IDX labels are checked against the model's `num_classes`."""
     from keras_vitbn.data import datasets
     from keras_vitbn.data.idx import load_idx_split
 
     if data_dir:
-        x, y = load_idx_split(data_dir, "test")
-        split = datasets.Split.from_arrays(x, y, int(y.max()) + 1, f"IDX test files in {data_dir}")
+        hint = f"; the model has {num_classes} classes: is this the data it was trained for?"
+        x, y = load_idx_split(data_dir, "test", num_classes, hint)
+        split = datasets.Split.from_arrays(x, y, num_classes or int(y.max()) + 1, f"IDX test files in {data_dir}")
         return split, {"source": "idx", "data_dir": os.path.abspath(data_dir), "test_images": split.size}
     _, test, provenance = datasets.load_splits(dataset, source)
     return test, {k: provenance[k] for k in ("source", "split", "test_images", "warning")}
@@ -131,7 +133,7 @@ def main(argv=None):
         if args.plot:
             files.check_writable(args.plot, "--plot")  # before the evaluation, not after it
         model = load_model(args.model)
-        split, data = _test_split(args.dataset, args.data_dir, args.source)
+        split, data = _test_split(args.dataset, args.data_dir, args.source, int(model.outputs[0].shape[-1]))
         if args.test_subset:
             split = split.take(min(args.test_subset, split.size), f"first {args.test_subset} of {split.description}")
         results = evaluate_model(model, split, args.test_augment, args.test_seed, args.batch_size)

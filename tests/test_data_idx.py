@@ -11,7 +11,6 @@ import pytest
 from keras_vitbn.data import load_idx_split, read_idx
 from keras_vitbn.data.idx import find_split_files
 
-
 IDX_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "keras_vitbn", "data", "idx.py")
 TYPE_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B, np.dtype(">f4"): 0x0D}
 
@@ -94,7 +93,7 @@ def test_out_of_range_label_names_file_index_and_value(tmp_path):
     labels[7] = 10
     path = str(tmp_path / "train-labels-idx1-ubyte.gz")
     write_idx(path, labels, compress=True)
-    x, y = load_idx_split(str(tmp_path), "train")  # no class count given: nothing to check against
+    _, y = load_idx_split(str(tmp_path), "train")  # no class count given: nothing to check against
     assert y[7] == 10
     with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte.gz: label 10 at index 7 is outside the 10 classes \(0 to 9\); try"):
         load_idx_split(str(tmp_path), "train", num_classes=10, hint="; try")
@@ -144,8 +143,7 @@ def test_gzip_bomb_fails_fast_in_bounded_memory(tmp_path):
     zeros = gzip.compress(bytes(16 * 2**20), compresslevel=9)
     with open(path, "wb") as f:
         f.write(gzip.compress(idx_header((3, 28, 28)) + bytes(3 * 784)))
-        for _ in range(64):  # gzip members concatenate: 64 x 16 MiB of zeros
-            f.write(zeros)
+        f.writelines([zeros] * 64)  # gzip members concatenate: 64 x 16 MiB of zeros
     assert os.path.getsize(path) < 1_200_000
     # A fresh interpreter loading only idx.py: its peak memory is this read's, not the test session's.
     code = f"""

