@@ -1,9 +1,5 @@
 """keras_vitbn: what does BatchNorm do inside a Vision Transformer? (Keras 3, any backend)."""
 
-from keras_vitbn.allocator import tune_at_import
-
-tune_at_import()  # on JAX, before `import keras` starts threads; see keras_vitbn/allocator.py
-
 import os as _os
 import sys as _sys
 
@@ -24,8 +20,8 @@ if _entry_point():  # before Keras loads TensorFlow: a command's stderr is for i
     quiet_startup()
     del quiet_startup
 
-from keras_vitbn import layers, models  # noqa: E402
-from keras_vitbn.models import create_model, list_models  # noqa: E402
+from keras_vitbn import layers, models
+from keras_vitbn.models import create_model, list_models
 
 __version__ = "0.1.0"
 

@@ -1,28 +1,25 @@
-"""glibc malloc settings that keep XLA from faulting in fresh memory on every training step.
+"""glibc malloc settings that keep XLA from faulting in fresh memory on every training step: an opt-in.
 
-XLA on the CPU allocates each jitted step's scratch buffer (148 MB for ViTBNFFN,
-depth 6, batch 100) with `posix_memalign` from a worker thread and frees it when
-the step ends. glibc serves a block that large from a fresh `mmap` and returns it
-with `munmap`, so every step faults in 36,000 zeroed pages again: 5.4 million page
-faults in 170 JAX steps, a fifth of the run spent in the kernel. With one arena and
-no `mmap`, a freed block stays in the heap for the next step: JAX trained 13%
-faster (539 -> 610 images/s, interleaved A/B, 2-core CPU; the same run's plain-PyTorch
-yardstick: 687). torch did not change (687 vs 679; 651 vs 640 in a later A/B), and
-TensorFlow was not faster (757 vs 661, then 861 vs 835, within this machine's noise),
-so only the JAX backend gets it.
+XLA on the CPU allocates each jitted step's scratch buffer (about 150 MB for
+ViTBNFFN, depth 6, batch 100) from a worker thread and frees it when the step
+ends. glibc serves a block that large from a fresh `mmap` and returns it with
+`munmap`, so every step faults in tens of thousands of zeroed pages again. With
+one arena, no `mmap` and no trimming, a freed block stays in the heap for the
+next step: JAX trains about 13% faster on the CPU. torch and TensorFlow did not
+gain measurably, so only JAX gets it. The cost: the process keeps its peak memory.
 
-The settings must be made before the framework starts its thread pools: a thread
-keeps the arena it first allocated from, and glibc hands threads started later the
-arenas that already exist. `import keras` on JAX already starts threads (3 besides
-the main one), so settings made after it left the step's scratch buffer in a thread arena, still
-mmapped every step (19,000 page faults per ViT step instead of 100-2,000; ViT
-training 503 vs 584 images/s, interleaved A/B). `import keras_vitbn` therefore
-applies them before importing Keras, when `configured_backend()` says JAX, and
-warns when it comes too late: glibc then already has more than one arena (after
-`import keras`: 2; after a first JAX computation: 16; in a pytest-xdist worker,
-whose I/O thread starts first: 2). `GLIBC_TUNABLES` set to
-`TUNABLES` before Python starts gives one arena whatever the import order. Set
-`KERAS_VITBN_MALLOC=default` to leave malloc alone.
+Importing `keras_vitbn` changes nothing. The settings are process-wide, so the
+entry points that train on JAX (the trainers, the learning-rate search, the
+experiment runner) ask for them with `tune_for_training()`, and the benchmark
+gives its JAX workers `training_environment("jax")`. Library users opt in the
+same way, or start Python with `GLIBC_TUNABLES` set to `TUNABLES`.
+
+They must be in place before the framework starts its threads: a thread keeps
+the arena it first allocated from, and `import keras` on JAX already starts
+threads. `tune_for_training()` therefore sets them with `mallopt` while the
+process has a single arena, and otherwise restarts the process once with
+`GLIBC_TUNABLES`, which glibc reads at startup. `KERAS_VITBN_MALLOC=default`
+leaves malloc alone.
 """
 
 import ctypes
@@ -30,7 +27,6 @@ import json
 import os
 import re
 import sys
-import warnings
 
 ENV = "KERAS_VITBN_MALLOC"
 # The same three settings as glibc tunables, read when a process starts.
@@ -98,25 +94,50 @@ def arena_count():
     return len(re.findall(r"<heap nr=", xml))
 
 
-def tune_at_import():
-    """What `import keras_vitbn` does: on JAX, tune malloc, and warn if that came too late.
+def training_environment(backend):
+    """Environment variables that give a child process training on `backend` the malloc settings.
+
+    `{"GLIBC_TUNABLES": ...}` for JAX on glibc (added to any tunables already set),
+    else `{}`; empty too when `KERAS_VITBN_MALLOC=default`.
+
+    Example:
+    >>> env = {**os.environ, **training_environment("jax")}
+    """
+    if backend != "jax" or _glibc() is None or os.environ.get(ENV, "").lower() == "default":
+        return {}
+    current = os.environ.get("GLIBC_TUNABLES", "")
+    if TUNABLES in current:
+        return {"GLIBC_TUNABLES": current}
+    return {"GLIBC_TUNABLES": ":".join(t for t in (current, TUNABLES) if t)}
+
+
+def tune_for_training(backend=None):
+    """Gives this process the malloc settings if it trains on JAX; an entry point's explicit opt-in.
+
+    With one malloc arena so far, sets them with `mallopt`. Otherwise threads have
+    started and keep their own arenas, so it restarts the process (same
+    interpreter, same command line, `sys.orig_argv`) with `GLIBC_TUNABLES`: call it
+    first in a command line's entry function, before any output or work. Does
+    nothing on other backends, off glibc, when the settings came with
+    `GLIBC_TUNABLES` already, or when `KERAS_VITBN_MALLOC=default`.
+
+    Args:
+        backend: str or None. The backend that will train; None: `configured_backend()`.
 
     Returns:
-        bool, whether the settings were made.
+        bool, whether the settings are in place (it does not return when it restarts).
     """
-    if configured_backend() != "jax" or not tune_malloc():
+    environment = training_environment(backend or configured_backend())
+    if not environment:
         return False
-    arenas = arena_count()
-    if arenas and arenas > 1:  # threads started before us keep their own arenas
-        warnings.warn(
-            f"keras_vitbn was imported after other threads started ({arenas} malloc arenas), so XLA "
-            "still maps its scratch memory afresh every step and JAX trains slower on the CPU (ViT: "
-            "503 vs 584 images/s): import keras_vitbn before keras, jax and tensorflow, or start "
-            f"Python with GLIBC_TUNABLES={TUNABLES} (KERAS_VITBN_MALLOC=default silences this)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return True
+    if environment["GLIBC_TUNABLES"] == os.environ.get("GLIBC_TUNABLES"):
+        return True  # read by glibc when this process started
+    # A program read from stdin or typed in (argv[0] "-" or "") cannot be started again.
+    if (arena_count() or 0) <= 1 or sys.argv[0] in ("", "-") or not sys.orig_argv:
+        return tune_malloc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **environment})
 
 
 def tune_malloc():

@@ -2,14 +2,12 @@
 
 XLA:CPU runs a training step's operations one after another, each spread over
 the cores; with two XLA CPU devices, each running half of the batch, the two
-halves run side by side and keep the cores busier. Measured on a 2-core CPU
-(README, "Speed benchmark"), images/s of `fit`, one device vs two: ViT depth 6
-578-583 vs 717-792, depth 3 1260-1320 vs 1497-1584, depth 1 mixed; the MLP
-baselines half as fast on two. It is the same computation: the batch stays
-global and XLA reduces the BatchNorm statistics over all of it; only the order
-of float32 sums differs (a seeded depth-6 ViT: loss 1.938024 vs 1.937764 after
-3 epochs). The cost is memory: each device
-keeps its own step buffers (peak RSS 4.6 instead of 2.5 GiB at depth 6).
+halves run side by side and keep the cores busier: a depth-6 ViT trained about
+1.3x faster on two devices (docs/performance.md); depth 1 gained nothing
+measurable, and the MLP baselines ran slower. It is the same computation: the
+batch stays global and XLA reduces the BatchNorm statistics over all of it; only
+the order of float32 sums differs. The cost is memory: each device keeps its own
+step buffers (nearly twice the peak memory at depth 6).
 
 Two steps, because XLA fixes its device count when JAX starts:
 - `request_cpu_devices(model, depth)` adds `--xla_force_host_platform_device_count`

@@ -13,7 +13,7 @@ KERAS_VITBN_REQUIRE_DATA=1 (CI) makes them fail instead.
 import gzip
 import os
 
-import keras_vitbn  # noqa: F401 (first: on JAX it tunes malloc before Keras starts threads)
+import keras_vitbn  # noqa: F401 (registers the serializable layers; changes nothing process-wide)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

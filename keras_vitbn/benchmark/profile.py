@@ -54,7 +54,7 @@ def profile_training(
         threads: int. CPU threads; None: every core.
         output: str. Folder for ops.md, ops.json, trace/ and hlo/.
     """
-    from keras_vitbn import auto_distribute, performance
+    from keras_vitbn import allocator, auto_distribute, performance
     from keras_vitbn.models import list_models
 
     backend = backend or os.environ.get("KERAS_BACKEND") or "jax"
@@ -72,7 +72,10 @@ def profile_training(
     if os.path.exists(os.path.join(output, "ops.json")):
         raise FileExistsError(f"{output} already holds a profile: choose another --output, or delete it first")
     os.makedirs(output, exist_ok=True)
-    env = {**os.environ, **performance.thread_environment(threads), "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {
+        **os.environ, **performance.thread_environment(threads), **allocator.training_environment(backend),
+        "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
     if backend != "torch":
         env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} --xla_dump_to={os.path.join(output, 'hlo')} --xla_dump_hlo_as_text"
         if distribute == "auto":

@@ -12,7 +12,7 @@ import tempfile
 
 import numpy as np
 
-from keras_vitbn import auto_distribute, performance
+from keras_vitbn import allocator, auto_distribute, performance
 from keras_vitbn.benchmark.worker import compute_dtype
 from keras_vitbn.data.locations import data_root
 
@@ -79,8 +79,13 @@ class Worker:
         spec_path = os.path.join(workdir, f"{name}.spec.json")
         with open(spec_path, "w") as f:
             json.dump(spec, f)
-        env = {**os.environ, **performance.thread_environment(threads), "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-        env["KERAS_BACKEND"] = spec["backend"] if spec["backend"] != "yardstick" else "torch"
+        backend = spec["backend"] if spec["backend"] != "yardstick" else "torch"
+        # The trainers' malloc settings (JAX only), from the start: see keras_vitbn.allocator.
+        env = {
+            **os.environ, **performance.thread_environment(threads), **allocator.training_environment(backend),
+            "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {}),
+        }
+        env["KERAS_BACKEND"] = backend
         self.stderr_path = os.path.join(workdir, f"{name}.stderr")
         self._stderr = open(self.stderr_path, "w")  # a file, not a pipe: a full pipe would block the worker
         self.process = subprocess.Popen(

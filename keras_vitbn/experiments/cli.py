@@ -16,6 +16,7 @@ import shlex
 import sys
 import time
 
+from keras_vitbn import allocator
 from keras_vitbn.cli_errors import ArgumentParser, command
 from keras_vitbn.experiments.config import REPO_ROOT, data_preset
 from keras_vitbn.experiments.config import quick as make_quick
@@ -153,3 +154,9 @@ def main(argv=None):
         print(f"  {c['verdict']:>13}: {c['claim']}", flush=True)
     failed = [r for r in records if r.status == "failed"]
     return 1 if failed else 0
+
+
+def console_main():
+    """`keras-vitbn-experiments`: the trainers' process settings (`allocator.tune_for_training`), then `main`."""
+    allocator.tune_for_training()
+    return main()

@@ -1,4 +1,4 @@
-"""Command line of `tuning/lr_per_depth.py`: flags -> SearchConfig -> search().
+"""Command line of the learning-rate search (`keras-vitbn-tune`, `tuning/lr_per_depth.py`): flags -> SearchConfig -> search().
 
 The data, augmentation, test-protocol, model-size and optimisation flags are
 the trainers' (`keras_vitbn.training.cli`), over the defaults of `--preset`;
@@ -19,6 +19,7 @@ import os
 import shlex
 import sys
 
+from keras_vitbn import allocator
 from keras_vitbn.cli_errors import ArgumentParser, command
 from keras_vitbn.training.cli import build_parser, config_from_args
 from keras_vitbn.training.presets import PRESETS
@@ -134,6 +135,13 @@ def main(argv=None):
         brief["files"] = summary["files"]
     print(json.dumps(brief, default=str))
     return 0
+
+
+def console_main():
+    """`keras-vitbn-tune`: the trainers' process settings (`allocator.tune_for_training`), then `main`."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds tf.data here
+    allocator.tune_for_training()
+    return main()
 
 
 def report_only(config):
