@@ -96,7 +96,15 @@ def _real_epoch_data(spec):
 
 
 def _in_memory_pipeline(x, y, batch):
-    """The trainers' input pipeline over in-memory images, without augmentation."""
+    """The trainers' input pipeline over in-memory images, without augmentation.
+
+    Where TensorFlow is not installed (a machine with only JAX or PyTorch), the arrays
+    themselves, which `KerasSession._fit` hands to Keras to batch in order.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        return (x, y, batch)
     from keras_vitbn.data import Split, make_pipeline
 
     return make_pipeline(Split.from_arrays(x, y, int(y.max()) + 1, "benchmark images"), batch)
@@ -253,6 +261,9 @@ class KerasSession(_Session):
 
     def _fit(self, dataset):
         # `fit` returns after the epoch's outputs are synchronised (the loss is read back).
+        if isinstance(dataset, tuple):  # numpy arrays, no TensorFlow: see `_in_memory_pipeline`
+            x, y, batch = dataset
+            return self.model.fit(x, y, batch_size=batch, shuffle=False, epochs=1, verbose=0)
         return self.model.fit(dataset, epochs=1, verbose=0)
 
     def _train_window(self):
