@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -192,3 +193,32 @@ def test_search_overwrite_keeps_the_old_search_when_the_data_fail(tmp_path):
     with pytest.raises(RunFolderError, match="run folder, not a search folder"):
         with run_folder(tmp_path / "run", "run"):
             search(SearchConfig(config.train, depths=(1,), trials=1, output_dir=str(tmp_path / "run")))
+
+
+SAVE_LOOP = """
+import sys
+import time
+import keras
+from keras_vitbn import files
+inputs = keras.Input((64,))
+model = keras.Model(inputs, keras.layers.Dense(256)(keras.layers.Dense(256)(inputs)))
+files.save_model(model, sys.argv[1])
+print("saved", flush=True)
+while True:
+    files.save_model(model, sys.argv[1])
+"""
+
+
+@pytest.mark.large
+def test_kill_9_during_saves_leaves_a_loadable_model(tmp_path):
+    path = str(tmp_path / "model_last.keras")
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    for delay in (0.05, 0.2, 0.5):
+        saver = subprocess.Popen([sys.executable, "-c", SAVE_LOOP, path], stdout=subprocess.PIPE, text=True, env=env)
+        try:
+            assert saver.stdout.readline().strip() == "saved"
+            time.sleep(delay)
+        finally:
+            saver.send_signal(signal.SIGKILL)
+            saver.wait()
+        assert keras.saving.load_model(path).count_params() == 64 * 256 + 256 + 256 * 256 + 256
