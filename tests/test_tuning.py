@@ -378,7 +378,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def run_distributed(out, search_flags, workers=("tuner0", "tuner1"), timeout=240, chief=True):
+def run_distributed(out, search_flags, workers=("tuner0", "tuner1"), timeout=900, chief=True):
     """Runs the chief (unless not `chief`) and the workers on 127.0.0.1; returns {tuner_id: (returncode, output)}."""
     port = str(_free_port())
     args = [*TINY_FLAGS, *search_flags, "--output-dir", out, "--chief-timeout", "120"]
@@ -394,7 +394,10 @@ def run_distributed(out, search_flags, workers=("tuner0", "tuner1"), timeout=240
             try:
                 output, _ = proc.communicate(timeout=max(1.0, deadline - time.time()))
             except subprocess.TimeoutExpired:
-                pytest.fail(f"the distributed search did not finish in {timeout} s ({tuner_id} still running)")
+                for p in procs.values():
+                    p.kill()
+                tails = "\n".join(f"--- {t}:\n{p.communicate()[0][-1500:]}" for t, p in procs.items())
+                pytest.fail(f"the distributed search did not finish in {timeout} s ({tuner_id} still running)\n{tails}")
             outputs[tuner_id] = (proc.returncode, output)
         return outputs
     finally:
