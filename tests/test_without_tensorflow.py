@@ -27,10 +27,9 @@ path = os.path.join(sys.argv[1], "model.keras")
 model.save(path)
 np.testing.assert_allclose(keras.saving.load_model(path).predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
 
-# Neither do the IDX reader, the data locations, TrainConfig and the benchmark's runner.
+# Neither do the IDX reader, the data locations and the benchmark's runner.
 from keras_vitbn.data import read_idx
 from keras_vitbn.data.locations import data_root
-from keras_vitbn.training import TrainConfig
 from keras_vitbn.benchmark.run import run_benchmark
 try:
     from keras_vitbn.training import train
