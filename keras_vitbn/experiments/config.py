@@ -45,20 +45,23 @@ CLAIMS = ("critical_depth", "lr_robustness", "bn_mlp_accuracy")
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-    """One cell of the grid: which model, depth, learning rate and seed."""
+    """One cell of the grid: which model, depth, learning rate and seed (and norm, when the grid has one)."""
 
     model: str
     depth: object  # int or None
     learning_rate: float
     seed: int
+    norm: object = None  # the model's `norm` argument; None: its own (and the slug and label of before)
 
     def label(self):
         depth = "-" if self.depth is None else self.depth
-        return f"{self.model} depth={depth} lr={self.learning_rate:g} seed={self.seed}"
+        norm = "" if self.norm is None else f" norm={self.norm}"
+        return f"{self.model} depth={depth}{norm} lr={self.learning_rate:g} seed={self.seed}"
 
     def slug(self):
         depth = "x" if self.depth is None else self.depth
-        return f"{self.model}-d{depth}-lr{self.learning_rate:g}-s{self.seed}"
+        norm = "" if self.norm is None else f"-{self.norm}"
+        return f"{self.model}-d{depth}{norm}-lr{self.learning_rate:g}-s{self.seed}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +75,9 @@ class ExperimentConfig:
         learning_rates: tuple of float. Low first; robustness is measured from the
             first to the last one.
         seeds: tuple of int. One run per seed for every other setting.
+        norms: tuple. Values of the models' `norm` argument to grid over (e.g.
+            ("batchnorm", "layernorm") for a ResNet); (None,), the default, leaves
+            it to each model and the runs, slugs and hashes as without this axis.
         epochs: int. Epochs per run.
         batch_size: int. Defaults to 100.
         optimizer: str. "adam" or "adamw". Defaults to "adam".
@@ -101,6 +107,7 @@ class ExperimentConfig:
     depths: tuple = (1,)
     learning_rates: tuple = (0.003,)
     seeds: tuple = (0, 1, 2)
+    norms: tuple = (None,)
     epochs: int = 10
     batch_size: int = 100
     optimizer: str = "adam"
@@ -148,11 +155,12 @@ class ExperimentConfig:
         something; later seeds only narrow the intervals.
         """
         return [
-            RunSpec(model, depth, float(lr), int(seed))
+            RunSpec(model, depth, float(lr), int(seed), norm)
             for seed in self.seeds
             for lr in self.learning_rates
             for depth in self.depths
             for model in self.models
+            for norm in self.norms  # innermost: a grid without norms keeps its order
         ]
 
     def train_dict(self, spec):
@@ -176,6 +184,8 @@ class ExperimentConfig:
             test_subset=self.test_subset,
             distribute=self.distribute,
         )
+        if spec.norm is not None:
+            d["model_overrides"]["norm"] = spec.norm
         d.update(self.train_overrides)
         return d
 

@@ -89,6 +89,7 @@ class RunRecord:
             error=self.error,
             reason=self.reason,
             history=self.history,
+            **({} if self.spec.norm is None else {"norm": self.spec.norm}),
         )
 
 
@@ -421,7 +422,7 @@ def load_records(path):
         raise FileNotFoundError(f"no results at {path}")
     out = []
     for r in data["records"]:
-        spec = RunSpec(r["model"], r["depth"], float(r["learning_rate"]), int(r["seed"]))
+        spec = RunSpec(r["model"], r["depth"], float(r["learning_rate"]), int(r["seed"]), r.get("norm"))
         out.append(
             RunRecord(
                 spec,

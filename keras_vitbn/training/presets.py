@@ -42,4 +42,19 @@ PRESETS = {
         "epochs": 100,
         "augment": "cifar",
     },
+    # The Imagenette walk-through (AlexNet, VGG16, ResNet34, ViT-B/16 at 224x224): AdamW 1e-4, weight
+    # decay 1e-2, batch 256, 200 epochs, random flip and crop; ResNet34 by default. Depth None: each
+    # model's own (vit_b16: 12 blocks).
+    "imagenette": {
+        "dataset": "imagenette",
+        "model": "resnet34",
+        "depth": None,
+        "optimizer": "adamw",
+        "learning_rate": 1e-4,
+        "weight_decay": 1e-2,
+        "schedule": "constant",
+        "batch_size": 256,
+        "epochs": 200,
+        "augment": "imagenette",
+    },
 }

@@ -33,9 +33,9 @@ import keras
 
 from keras_vitbn import auto_distribute
 from keras_vitbn.data import augment as augment_lib
-from keras_vitbn.data import datasets
+from keras_vitbn.data import datasets, image_folder
 from keras_vitbn.files import read_json, run_folder, write_json
-from keras_vitbn.models.registry import is_vit
+from keras_vitbn.models.registry import depth_argument
 from keras_vitbn.progress import format_percent
 from keras_vitbn.training import callbacks as cbs
 from keras_vitbn.training.config import TrainConfig
@@ -54,10 +54,16 @@ def _say(message):
 
 def run_splits(config):
     """The run's (train, val or None, test) `Split`s and provenance: subsets and validation split applied."""
-    train, test, provenance = datasets.load_splits(
-        config.dataset, config.source, config.data_dir, config.test_data_dir,
-        num_classes=config.num_classes, allow_mixed_splits=bool(config.allow_mixed_splits),
-    )
+    if image_folder.selected(config.dataset, config.source, config.data_dir):  # Imagenette's layout, resized
+        train, test, provenance = image_folder.load_splits(
+            config.dataset, config.source, config.data_dir, config.test_data_dir,
+            image_size=config.model_overrides.get("image_size"),
+        )
+    else:
+        train, test, provenance = datasets.load_splits(
+            config.dataset, config.source, config.data_dir, config.test_data_dir,
+            num_classes=config.num_classes, allow_mixed_splits=bool(config.allow_mixed_splits),
+        )
     if config.train_subset is not None and config.train_subset < train.size:
         train = train.take(config.train_subset, f"first {config.train_subset} of {train.description}")
         provenance["train_subset"] = config.train_subset
@@ -143,8 +149,9 @@ def _even_batch_size(size, replicas):
 def build_model(config, image_shape=None, num_classes=None):
     """The config's model (not compiled), sized for the dataset.
 
-    `depth` is the encoder depth of a ViT, or the number of hidden layers (of
-    the default width 100) of a DNN unless `hidden_units` is overridden.
+    `depth` is the encoder depth of a ViT, the layers of `resnet` (18 or 34), or
+    the number of hidden layers (of the default width 100) of a DNN unless
+    `hidden_units` is overridden; the named CNNs have a fixed depth.
 
     Example:
     >>> model = build_model(TrainConfig(model="vit_bnffn", depth=6))
@@ -161,8 +168,13 @@ def build_model(config, image_shape=None, num_classes=None):
     overrides.setdefault("channels", channels)
     overrides.setdefault("num_classes", num_classes)
     if config.depth is not None:
-        if is_vit(config.model):
+        argument = depth_argument(config.model)
+        if argument == "depth":
             overrides["depth"] = config.depth
+        elif argument is None:
+            raise ValueError(
+                f"{config.model} has a fixed depth: leave out --depth (model 'resnet' takes --depth 18 or 34)"
+            )
         elif "hidden_units" not in overrides:
             overrides["hidden_units"] = [100] * config.depth
     return keras_vitbn.create_model(config.model, **overrides)
