@@ -160,7 +160,7 @@ for name in {sorted(TINY)!r}:
     "kwargs, message",
     [
         ({"name": "vit", "depth": 2, "image_size": 30}, "image size 30x30 is not divisible by patch size 7"),
-        ({"name": "resnet"}, "unknown model 'resnet'"),
+        ({"name": "resnet50"}, "unknown model 'resnet50'"),  # resnet (18 or 34) is registered
         ({"name": "vit"}, "vit needs a depth"),
         ({"name": "vit", "depth": 0}, "depth must be a positive integer, got 0"),
         ({"name": "vit", "depth": 2, "dim": -4}, "dim must be a positive integer, got -4"),
