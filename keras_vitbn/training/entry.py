@@ -1,4 +1,4 @@
-"""The trainers' command lines: `keras-vitbn-train-mnist`, `-fashion-mnist`, `-cifar10`.
+"""The trainers' command lines: `keras-vitbn-train-mnist`, `-fashion-mnist`, `-cifar10`, `-imagenette`.
 
 Each is `keras_vitbn.training.cli.main` over one preset of
 `keras_vitbn.training.presets.PRESETS`, after the process settings that make
@@ -33,6 +33,19 @@ dropout 0.2, AdamW 3e-4 cosine, clipnorm 1, random flip + resized crop, 100 epoc
 
     KERAS_BACKEND=jax keras-vitbn-train-cifar10
 """,
+    "imagenette": """Train on Imagenette (10 ImageNet classes, 224x224) with the walk-through's setup: ResNet34 by default,
+AdamW at 1e-4 with weight decay 1e-2, batch 256, 200 epochs, random flip and crop. A GPU job.
+
+    KERAS_BACKEND=jax keras-vitbn-train-imagenette --data-dir /data/imagenette2-320
+    keras-vitbn-train-imagenette --data-dir DIR --model resnet34 --set norm=layernorm   # BatchNorm -> LayerNorm
+    keras-vitbn-train-imagenette --data-dir DIR --model vit_b16 --set ffn_norm=batchnorm  # ViTBNFFN-B/16
+    keras-vitbn-train-imagenette --data-dir DIR --model alexnet      # also vgg16, resnet18, vit_b16
+    keras-vitbn-train-imagenette --source tfds                       # tfds' Imagenette (downloads)
+
+DIR holds train/<class>/*.JPEG and val/<class>/*.JPEG (the Imagenette archives' layout); images are
+cropped to their central square and resized while reading (`--set image_size=128` for smaller runs).
+Every flag: keras-vitbn-train-imagenette --help; the models and anchors: docs/cnn.md.
+""",
 }
 
 
@@ -61,3 +74,6 @@ def fashion_mnist():
 def cifar10():
     return run_preset("cifar10")
 
+
+def imagenette():
+    return run_preset("imagenette")
