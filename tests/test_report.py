@@ -6,7 +6,6 @@ numpy/scipy), never copied from the code under test.
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest

@@ -4,6 +4,7 @@ import datetime
 import os
 import sys
 
+from keras_vitbn.machine import cpu_id
 from keras_vitbn.benchmark import results_csv
 from keras_vitbn.benchmark.run import BACKENDS, DEFAULT_DATA, MODELS, format_markdown, run_benchmark, write_results
 from keras_vitbn.cli_errors import ArgumentParser, command
@@ -85,7 +86,7 @@ def main(argv=None):
     except OSError as error:
         raise ValueError(f"cannot create the folder of --output {output}: {error.strerror}") from None
     results = run_benchmark(**kwargs, partial_path=output + ".partial.json")
-    results["machine"]["cpu_id"] = results_csv.cpu_id()
+    results["machine"]["cpu_id"] = cpu_id()
     print(format_markdown(results))
     json_path, md_path = write_results(results, output)
     print(f"wrote {json_path} and {md_path}")

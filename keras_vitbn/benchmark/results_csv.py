@@ -9,7 +9,6 @@ appends one row per (model, backend) to `results/benchmarks/benchmark-<cpu>-<n>c
 import csv
 import datetime
 import os
-import platform
 import re
 import subprocess
 
@@ -23,28 +22,6 @@ COLUMNS = (
     "epoch_images_per_s", "infer_images_per_s", "compile_s", "peak_rss_mib", "first_step_loss",
     "same_work", "recorded_in", "note",
 )
-
-
-def cpu_id():
-    """The CPU's name with its family and model, e.g. `AMD EPYC (family 25, model 17)`.
-
-    Virtual machines often report a bare vendor name; family and model tell CPU
-    generations apart, whose matmul peaks can differ by 2x.
-    """
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-                if not line.strip():  # the first processor is enough
-                    break
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = fields.get("model name") or platform.processor() or platform.machine()
-    if "cpu family" in fields and "model" in fields:
-        return f"{name} (family {fields['cpu family']}, model {fields['model']})"
-    return name
 
 
 def _number(value, digits):

@@ -12,6 +12,7 @@ import tempfile
 
 import numpy as np
 
+from keras_vitbn.machine import cpu_id
 from keras_vitbn import allocator, auto_distribute, performance
 from keras_vitbn.benchmark.worker import compute_dtype
 from keras_vitbn.data.locations import data_root
@@ -225,7 +226,7 @@ def run_benchmark(
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),
-            "processor": _cpu_name(),
+            "processor": cpu_id(),
             "cpu_count": os.cpu_count(),
             "threads": threads,
             "load_average_start": os.getloadavg(),
@@ -273,17 +274,6 @@ def run_benchmark(
     results["machine"]["load_average_end"] = os.getloadavg()
     _derive(results)
     return results
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _derive(results):

@@ -24,6 +24,8 @@ import sys
 import time
 import traceback
 
+from keras_vitbn.machine import load_average, machine_info
+
 from keras_vitbn import files
 
 CACHE_VERSION = 1
@@ -365,6 +367,7 @@ def run_experiment(
             train_config=_to_dict(config, {}),
             experiment=cfg.name,
             started=datetime.datetime.now().isoformat(timespec="seconds"),
+            machine=machine_info(),
         )
         write_json(os.path.join(run_dir, RUNNER_FILE), meta)
         t0 = time.time()
@@ -394,6 +397,7 @@ def run_experiment(
             error=error,
             seconds=round(time.time() - t0, 2),
             finished=datetime.datetime.now().isoformat(timespec="seconds"),
+            load_end=load_average(),
         )
         write_json(os.path.join(run_dir, RUNNER_FILE), meta)
         _release_lock(run_dir)

@@ -1,0 +1,39 @@
+"""What a measurement depends on: the CPU (with its generation), its cores and how busy it is."""
+
+import os
+import platform
+
+
+def cpu_id():
+    """The CPU's name with its family and model, e.g. `AMD EPYC (family 25, model 17)`.
+
+    Virtual machines often report a bare vendor name; family and model tell CPU
+    generations apart, whose matmul peaks can differ by 2x.
+    """
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+                if not line.strip():  # the first processor is enough
+                    break
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        return f"{name} (family {fields['cpu family']}, model {fields['model']})"
+    return name
+
+
+def load_average():
+    """The one-minute load average, rounded; None where the platform has none."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def machine_info():
+    """The CPU, its cores and the load average now: recorded beside every timing."""
+    return dict(cpu=cpu_id(), cores=os.cpu_count(), load_start=load_average())
