@@ -52,5 +52,9 @@ test: $(STAMP)
 	  env $$malloc KERAS_BACKEND=$$backend TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest $(PYTEST_ARGS) || status=1; \
 	done; exit $$status
 
+# Lint: ruff's rules from pyproject.toml; CI runs it before the tests.
+lint: $(STAMP)
+	$(PY) -m ruff check keras_vitbn tests trainers tuning experiments scripts
+
 clean:
 	rm -rf $(VENV) *.egg-info

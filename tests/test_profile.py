@@ -68,8 +68,8 @@ def test_bad_profile_arguments_raise(tmp_path, capsys, monkeypatch):
         profile_training(backend="mxnet", output=str(tmp_path))
     with pytest.raises(ValueError, match="unknown distribute 'all'"):
         profile_training(distribute="all", output=str(tmp_path))
-    with pytest.raises(ValueError, match="unknown model 'resnet'"):
-        profile_training(model="resnet", output=str(tmp_path))
+    with pytest.raises(ValueError, match="unknown model 'resnet34'"):  # registered, but not 28x28
+        profile_training(model="resnet34", output=str(tmp_path))
     with pytest.raises(ValueError, match="steps and batch_size must be positive"):
         profile_training(steps=0, output=str(tmp_path))
     with pytest.raises(SystemExit):

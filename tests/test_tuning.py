@@ -95,8 +95,8 @@ def test_config_round_trip_and_validation():
         SearchConfig(tiny_train(validation_split=0.0))
     with pytest.raises(ValueError, match="unknown tuner 'hyperband'"):
         SearchConfig(tiny_train(), tuner="hyperband")
-    with pytest.raises(ValueError, match="unknown model 'resnet'"):
-        SearchConfig(tiny_train(), models=("resnet",))
+    with pytest.raises(ValueError, match="unknown model 'resnet50'"):
+        SearchConfig(tiny_train(), models=("resnet50",))
     with pytest.raises(ValueError, match=r"0 < min < max"):
         SearchConfig(tiny_train(), lr_min=1e-2, lr_max=1e-4)
 
