@@ -77,13 +77,18 @@ def _explicit_attention(block, x):
     return x + heads @ keras.ops.convert_to_numpy(block.out.kernel) + keras.ops.convert_to_numpy(block.out.bias)
 
 
-@pytest.mark.parametrize("form", FORMS)
-def test_attention_matches_explicit_softmax(form):
-    # Every attention form (those not picked on this backend and machine too).
+def _block_in_form(form):
+    """A small attention block forced to `form`, and an input for it."""
     block = AttentionBlock(dim=8, heads=2, dim_head=4, norm="none")
     block.build((2, 5, 8))
     block.attention_form = form
-    x = np.random.default_rng(1).normal(size=(2, 5, 8)).astype("float32")
+    return block, np.random.default_rng(1).normal(size=(2, 5, 8)).astype("float32")
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_attention_matches_explicit_softmax(form):
+    # Every attention form (those not picked on this backend and machine too).
+    block, x = _block_in_form(form)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(block(x)), _explicit_attention(block, x), rtol=1e-4, atol=1e-5)
 
 
@@ -91,10 +96,7 @@ def test_attention_matches_explicit_softmax(form):
 def test_every_form_computes_through_the_qkv_layer(form):
     # LoRA on the projection changes what `qkv(x)` computes, not `qkv`'s kernel variable:
     # a form that multiplied by that variable itself would miss it.
-    block = AttentionBlock(dim=8, heads=2, dim_head=4, norm="none")
-    block.build((2, 5, 8))
-    block.attention_form = form
-    x = np.random.default_rng(1).normal(size=(2, 5, 8)).astype("float32")
+    block, x = _block_in_form(form)
     plain = keras.ops.convert_to_numpy(block(x))
     block.qkv.enable_lora(2)
     block.qkv.lora_kernel_b.assign(np.random.default_rng(2).normal(size=(2, 24)).astype("float32"))

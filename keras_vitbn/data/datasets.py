@@ -400,10 +400,26 @@ def load_splits(dataset, source="auto", data_dir=None, test_data_dir=None, num_c
         raise ValueError(f"train images are {train.image_shape} but test images are {test.image_shape}")
     warning = " | ".join(warnings) or None
 
-    provenance = {
+    provenance = split_provenance(
+        dataset, source, train, test, split,
+        data_dir=data_dir if source == "idx" else None, test_data_dir=test_data_dir,
+        num_classes_from=classes_from, allow_mixed_splits=bool(allow_mixed_splits),
+        notes=notes, warning=warning,
+    )
+    for message in warnings:
+        logger.warning(message)
+    return train, test, provenance
+
+
+def split_provenance(dataset, source, train, test, split, data_dir=None, test_data_dir=None, **extra):
+    """What config.json records about a run's data: where it came from, its sizes and shape.
+
+    `extra` adds source-specific fields (notes, warning, ...) after the common ones.
+    """
+    return {
         "dataset": dataset,
         "source": source,
-        "data_dir": os.path.abspath(data_dir) if data_dir and source == "idx" else None,
+        "data_dir": os.path.abspath(data_dir) if data_dir else None,
         "test_data_dir": os.path.abspath(test_data_dir) if test_data_dir else None,
         "train_images": train.size,
         "test_images": test.size,
@@ -412,14 +428,8 @@ def load_splits(dataset, source="auto", data_dir=None, test_data_dir=None, num_c
         "split": split,
         "image_shape": list(train.image_shape),
         "num_classes": train.num_classes,
-        "num_classes_from": classes_from,
-        "allow_mixed_splits": bool(allow_mixed_splits),
-        "notes": notes,
-        "warning": warning,
+        **extra,
     }
-    for message in warnings:
-        logger.warning(message)
-    return train, test, provenance
 
 
 def _at_least(num_classes, origin, actual, what):

@@ -25,7 +25,7 @@ import os
 
 import tensorflow as tf
 
-from keras_vitbn.data.datasets import KNOWN_DATASETS, Split, resolve_dirs
+from keras_vitbn.data.datasets import KNOWN_DATASETS, Split, resolve_dirs, split_provenance
 
 TEST_FOLDERS = ("val", "validation", "test")
 DEFAULT_IMAGE_SIZE = 224
@@ -84,21 +84,11 @@ def load_splits(dataset, source="folder", data_dir=None, test_data_dir=None, ima
             raise ValueError("source 'folder' needs a folder: pass --data-dir DIR holding train/<class>/ and val/<class>/")
         train, test, split = _folder_splits(data_dir, (height, width))
         source = "folder"
-    provenance = {
-        "dataset": dataset,
-        "source": source,
-        "data_dir": os.path.abspath(data_dir) if data_dir else None,
-        "test_data_dir": None,
-        "train_images": train.size,
-        "test_images": test.size,
-        "train_description": train.description,
-        "test_description": test.description,
-        "split": split,
-        "image_shape": list(train.image_shape),
-        "num_classes": train.num_classes,
-        "notes": [f"images cropped to their central square and resized to {height}x{width} while reading"],
-        "warning": None,
-    }
+    provenance = split_provenance(
+        dataset, source, train, test, split, data_dir=data_dir,
+        notes=[f"images cropped to their central square and resized to {height}x{width} while reading"],
+        warning=None,
+    )
     return train, test, provenance
 
 

@@ -77,7 +77,7 @@ import keras_tuner as kt
 from keras_vitbn import auto_distribute
 from keras_vitbn.data import augment as augment_lib
 from keras_vitbn.data import datasets
-from keras_vitbn.files import read_json, run_folder, write_json
+from keras_vitbn.files import append_jsonl, read_json, run_folder, write_json
 from keras_vitbn.progress import Progress, format_percent
 from keras_vitbn.training import callbacks as training_callbacks
 from keras_vitbn.training.train import build_model, compile_model, load_data, run_splits
@@ -581,17 +581,7 @@ def read_ledger(path):
 
 def append_ledger(path, entry):
     """Appends one line and syncs it; a half-written last line left by a kill is dropped first."""
-    with open(path, "ab+") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size:
-            f.seek(max(0, size - 65536))
-            tail = f.read()
-            if not tail.endswith(b"\n"):
-                cut = tail.rfind(b"\n")
-                f.truncate(size - len(tail) + cut + 1 if cut >= 0 else (0 if size <= 65536 else size))
-        f.write((json.dumps(entry) + "\n").encode())
-        f.flush()
-        os.fsync(f.fileno())
+    append_jsonl(path, entry)
 
 
 def _history_rows(history):
