@@ -41,8 +41,8 @@ train: $(STAMP)
 	  $(if $(wildcard $(MNIST_TEST_DIR)/t10k-images-idx3-ubyte*),--test-data-dir $(MNIST_TEST_DIR)) $(TRAIN_ARGS)
 
 # The whole suite, once per backend; fails if any backend fails.
-# keras_vitbn.allocator.TUNABLES: the JAX tests run with the trainers' malloc settings,
-# which glibc reads at startup (importing keras_vitbn applies none; see keras_vitbn/allocator.py).
+# keras_vitbn.runtime.allocator.TUNABLES: the JAX tests run with the trainers' malloc settings,
+# which glibc reads at startup (importing keras_vitbn applies none; see keras_vitbn/runtime/allocator.py).
 JAX_MALLOC = glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647
 
 test: $(STAMP)

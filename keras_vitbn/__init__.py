@@ -5,7 +5,7 @@ import sys as _sys
 
 
 def _entry_point():
-    """Whether this import starts one of the project's commands (see keras_vitbn/cli_errors.py)."""
+    """Whether this import starts one of the project's commands (see keras_vitbn/utils/cli_errors.py)."""
     if _sys.argv[:1] == ["-m"]:  # runpy is locating a -m module: is it one of ours?
         argv = getattr(_sys, "orig_argv", [])
         return any(a == "-m" and b.startswith("keras_vitbn") for a, b in zip(argv, argv[1:]))
@@ -15,7 +15,7 @@ def _entry_point():
 
 
 if _entry_point():  # before Keras loads TensorFlow: a command's stderr is for its own messages
-    from keras_vitbn.cli_errors import quiet_startup
+    from keras_vitbn.utils.cli_errors import quiet_startup
 
     quiet_startup()
     del quiet_startup

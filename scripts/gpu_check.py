@@ -13,7 +13,7 @@ and the next one runs. Writes under OUT (seven files, flat):
     devices.json     per backend: versions, the device Keras computes on, whether TensorFlow is there
     fit.csv          one `fit` epoch of ViTBNFFN (depth 6) per backend at batch 100 and at a large batch
     save_load.json   a .keras saved where the model trained (the GPU), loaded on the CPU: logit differences
-    benchmark.json   `keras_vitbn.benchmark`'s model-only training images/s per backend and the
+    benchmark.json   `keras_vitbn.tools.benchmark`'s model-only training images/s per backend and the
     benchmark.md     plain-PyTorch yardstick's, on the same device
     tests.json       the models' and layers' tests (pytest) per backend: counts and the output's tail
     summary.json     every step's status and seconds; the exit code is 0 only if every step passed
@@ -121,7 +121,7 @@ def _compiled_model(depth, seed=0):
     import keras
 
     import keras_vitbn
-    from keras_vitbn import performance
+    from keras_vitbn.runtime import performance
 
     keras.utils.set_random_seed(seed)
     model = keras_vitbn.create_model("vit_bnffn", depth=depth)
@@ -177,7 +177,7 @@ def child_load(args):
 
 
 def child_benchmark(args):
-    from keras_vitbn.benchmark.run import format_markdown, run_benchmark
+    from keras_vitbn.tools.benchmark.run import format_markdown, run_benchmark
 
     results = run_benchmark(
         models=["vit_bnffn"], depth=args["depth"], batch_size=100, backends=args["backends"],

@@ -9,14 +9,15 @@ none: no opt-in (glibc's defaults)."""
 import json, os, resource, sys, time
 mode = sys.argv[1]
 if mode == "after":
-    from keras_vitbn import allocator
+    from keras_vitbn.runtime import allocator
     allocator.tune_for_training()
 else:
     import keras_vitbn  # noqa
 import keras
 import numpy as np
-from keras_vitbn import create_model, performance
-from keras_vitbn.allocator import arena_count
+from keras_vitbn import create_model
+from keras_vitbn.runtime import performance
+from keras_vitbn.runtime.allocator import arena_count
 m = create_model("vit_bnffn", depth=6)
 m.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), **performance.fit_settings())
 x = np.random.default_rng(0).random((800, 28, 28, 1), dtype=np.float32); y = np.arange(800) % 10

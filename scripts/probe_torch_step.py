@@ -7,7 +7,8 @@ CPU seconds move less than wall-clock time on a shared machine; alternate runs o
 import json, resource, sys, time
 import keras, numpy as np
 import keras_vitbn  # noqa: F401 - registers the layers
-from keras_vitbn import create_model, performance
+from keras_vitbn import create_model
+from keras_vitbn.runtime import performance
 m = create_model("vit_bnffn", depth=6)
 m.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), **performance.fit_settings())
 x = np.random.default_rng(0).random((1000, 28, 28, 1), dtype=np.float32); y = np.arange(1000) % 10

@@ -75,7 +75,7 @@ def train(mode, data, sync_batchnorm=True):
     import keras
 
     import keras_vitbn
-    from keras_vitbn.distribute import distribution_scope
+    from keras_vitbn.runtime.distribute import distribution_scope
 
     class LossCurve(keras.callbacks.Callback):
         def __init__(self):
@@ -127,7 +127,7 @@ def bn_probe(mode, sync_batchnorm=True):
     import keras
     import numpy as np
 
-    from keras_vitbn.distribute import distribution_scope
+    from keras_vitbn.runtime.distribute import distribution_scope
 
     keras.utils.set_random_seed(SEED)
     x = np.concatenate([np.zeros((4, 3)), np.full((4, 3), 10.0)]).astype("float32")

@@ -16,15 +16,15 @@ import sys
 
 import pytest
 
-from keras_vitbn import allocator
-from keras_vitbn.allocator import TUNABLES
+from keras_vitbn.runtime import allocator
+from keras_vitbn.runtime.allocator import TUNABLES
 
 JAX_PROBE = r"""
 import json, os, resource
-import keras_vitbn.allocator
+import keras_vitbn.runtime.allocator
 {setup}
 import jax, jax.numpy as jnp
-from keras_vitbn.allocator import arena_count
+from keras_vitbn.runtime.allocator import arena_count
 
 a, b = jnp.ones((8192, 8)), jnp.ones((8, 4096))
 step = jax.jit(lambda a, b: jnp.sum(jnp.tanh(a @ b).T @ a))  # tanh(a @ b) is a 128 MiB scratch buffer
@@ -48,7 +48,7 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     import keras_vitbn
     keras_vitbn.create_model("vit", depth=1)(keras.ops.zeros((2, 28, 28, 1)))  # starts the backend's threads
-from keras_vitbn.allocator import arena_count
+from keras_vitbn.runtime.allocator import arena_count
 print(json.dumps({
     "warnings": [f"{w.filename}: {w.message}" for w in caught if "keras_vitbn" in w.filename],
     "env_changed": {k: os.environ.get(k) for k in KEYS if os.environ.get(k) != before[k]},
@@ -95,7 +95,7 @@ def test_import_changes_nothing_process_wide_and_never_warns():
 def test_tune_for_training_reuses_xla_scratch_memory():
     pytest.importorskip("jax")
     # keras is imported already, so its threads have arenas: the call restarts the process with GLIBC_TUNABLES.
-    tuned = _probe(_jax_probe("keras_vitbn.allocator.tune_for_training()"), "jax")
+    tuned = _probe(_jax_probe("keras_vitbn.runtime.allocator.tune_for_training()"), "jax")
     assert tuned["tunables"] == TUNABLES, tuned
     pages = tuned["pages"]
     assert tuned["arenas"] == 1, tuned  # every XLA thread allocates from the one tuned arena
@@ -106,14 +106,14 @@ def test_tune_for_training_reuses_xla_scratch_memory():
     plain = _probe(_jax_probe(), "jax")  # no opt-in: glibc's defaults
     assert plain["arenas"] > 1 and plain["tunables"] is None, plain
     assert min(plain["faults"][1:]) > 0.9 * pages, plain  # fresh pages every call
-    opted_out = _probe(_jax_probe("keras_vitbn.allocator.tune_for_training()"), "jax", KERAS_VITBN_MALLOC="default")
+    opted_out = _probe(_jax_probe("keras_vitbn.runtime.allocator.tune_for_training()"), "jax", KERAS_VITBN_MALLOC="default")
     assert opted_out["arenas"] > 1 and opted_out["tunables"] is None, opted_out
 
 
 @linux_only
 def test_glibc_tunables_at_startup_need_no_restart():
     pytest.importorskip("jax")
-    probe = _jax_probe("assert keras_vitbn.allocator.tune_for_training() is True")
+    probe = _jax_probe("assert keras_vitbn.runtime.allocator.tune_for_training() is True")
     started = _probe(probe, "jax", GLIBC_TUNABLES=TUNABLES)
     assert started["arenas"] == 1 and started["tunables"] == TUNABLES, started
 
@@ -142,7 +142,7 @@ def test_training_environment_adds_to_existing_tunables(monkeypatch):
 
 
 def test_opt_out_leaves_malloc_alone(monkeypatch):
-    from keras_vitbn.allocator import tune_malloc
+    from keras_vitbn.runtime.allocator import tune_malloc
 
     monkeypatch.setenv("KERAS_VITBN_MALLOC", "default")
     assert tune_malloc() is False
@@ -152,7 +152,7 @@ def test_opt_out_leaves_malloc_alone(monkeypatch):
 def test_configured_backend_follows_keras_rules(monkeypatch, tmp_path):
     import keras
 
-    from keras_vitbn.allocator import configured_backend
+    from keras_vitbn.runtime.allocator import configured_backend
 
     assert configured_backend() == keras.backend.backend()  # Keras imported: its answer
     monkeypatch.delitem(sys.modules, "keras")  # as before `import keras`

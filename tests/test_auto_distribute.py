@@ -1,4 +1,4 @@
-"""`keras_vitbn.auto_distribute`: data parallel by default for ViTs on JAX on a CPU-only host.
+"""`keras_vitbn.runtime.auto_distribute`: data parallel by default for ViTs on JAX on a CPU-only host.
 
 The in-process parts here; the trainer end to end (two XLA CPU devices, the
 same losses as one) in tests/test_trainers_distribute.py.
@@ -9,7 +9,7 @@ import os
 import keras
 import pytest
 
-from keras_vitbn import auto_distribute
+from keras_vitbn.runtime import auto_distribute
 from keras_vitbn.training import TrainConfig
 
 FLAG = auto_distribute.DEVICE_COUNT_FLAG

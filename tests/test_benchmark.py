@@ -14,10 +14,10 @@ import sys
 import keras
 import pytest
 
-from keras_vitbn import performance
-from keras_vitbn.benchmark import format_markdown, run_benchmark, write_results
-from keras_vitbn.benchmark.__main__ import build_parser
-from keras_vitbn.benchmark.run import FIRST_STEP_ATOL, WARMUP_LOSS_RTOL, _derive, guard_tolerances
+from keras_vitbn.runtime import performance
+from keras_vitbn.tools.benchmark import format_markdown, run_benchmark, write_results
+from keras_vitbn.tools.benchmark.__main__ import build_parser
+from keras_vitbn.tools.benchmark.run import FIRST_STEP_ATOL, WARMUP_LOSS_RTOL, _derive, guard_tolerances
 
 pytest.importorskip("torch")
 
@@ -91,7 +91,7 @@ def test_thread_environment_pins_every_pool(monkeypatch):
 
 
 def test_parser_defaults_are_the_article_configuration():
-    from keras_vitbn.benchmark.run import BACKENDS, MODELS
+    from keras_vitbn.tools.benchmark.run import BACKENDS, MODELS
     from keras_vitbn.training.presets import PRESETS
 
     args = build_parser().parse_args([])
@@ -201,8 +201,8 @@ def test_results_csv_rows_and_appending(tmp_path):
     """Each full run appends its summary rows to one CSV per machine and setting, header once."""
     import csv
 
-    from keras_vitbn.benchmark import results_csv
-    from keras_vitbn.benchmark.run import window_range
+    from keras_vitbn.tools.benchmark import results_csv
+    from keras_vitbn.tools.benchmark.run import window_range
 
     def run(rate, first_loss):
         return {"train_images_per_s": rate, "train_window_seconds": [0.25, 0.2, 0.3], "first_step_loss": first_loss,
@@ -233,7 +233,7 @@ def test_results_csv_rows_and_appending(tmp_path):
     jax = table[-2]
     assert (jax["date"], jax["time_utc"], jax["cpu"], jax["model"], jax["backend"]) == (
         "2026-12-02", "13:05", "AMD EPYC (family 25, model 17)", "ViT", "jax")
-    assert jax["command"] == "python -m keras_vitbn.benchmark --epoch-repeats 5"
+    assert jax["command"] == "python -m keras_vitbn.tools.benchmark --epoch-repeats 5"
     assert (jax["train_images_per_s"], jax["x_yardstick"], jax["same_work"]) == ("1000", "1.25", "yes")
     assert (jax["matmul_peak_gflops"], jax["pct_matmul_peak"]) == ("400", "25")  # 1000 images/s x 1e8 FLOPs
     assert f"{jax['window_slowest']}-{jax['window_fastest']}" == window_range(measured["runs"]["vit"]["jax"])

@@ -15,7 +15,7 @@ import sys
 import keras
 import pytest
 
-from keras_vitbn import cli_errors
+from keras_vitbn.utils import cli_errors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,13 +29,13 @@ COMMANDS = {
     "trainer": ([os.path.join(ROOT, "trainers", "fashion_mnist.py")], "keras_vitbn.training.cli", "fashion_mnist"),
     "tuner": ([os.path.join(ROOT, "tuning", "lr_per_depth.py")], "keras_vitbn.tuning.cli", None),
     "experiments": (["-m", "keras_vitbn.experiments"], "keras_vitbn.experiments.cli", None),
-    "evaluate": (["-m", "keras_vitbn.evaluate"], "keras_vitbn.evaluate", None),
-    "convert": (["-m", "keras_vitbn.convert"], "keras_vitbn.convert", None),
-    "benchmark": (["-m", "keras_vitbn.benchmark"], "keras_vitbn.benchmark.__main__", None),
-    "predict": (["-m", "keras_vitbn.predict"], "keras_vitbn.predict", None),
+    "evaluate": (["-m", "keras_vitbn.tools.evaluate"], "keras_vitbn.tools.evaluate", None),
+    "convert": (["-m", "keras_vitbn.tools.convert"], "keras_vitbn.tools.convert", None),
+    "benchmark": (["-m", "keras_vitbn.tools.benchmark"], "keras_vitbn.tools.benchmark.__main__", None),
+    "predict": (["-m", "keras_vitbn.tools.predict"], "keras_vitbn.tools.predict", None),
     # An installed console script (pip install -e .), run by this interpreter.
     "keras-vitbn-evaluate": ([os.path.join(os.path.dirname(sys.executable), "keras-vitbn-evaluate")],
-                             "keras_vitbn.evaluate", None),
+                             "keras_vitbn.tools.evaluate", None),
 }
 
 # (command, arguments, text the error line must contain); {file} is a regular file, {mine} a folder of

@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vitbn import convert, create_model
+from keras_vitbn.tools import convert
+from keras_vitbn import create_model
 from keras_vitbn.data.idx import load_idx_split
 from tests.testing import BACKENDS, run_in_backend
 

@@ -1,4 +1,4 @@
-"""Data parallelism: `keras_vitbn.distribute` on every backend.
+"""Data parallelism: `keras_vitbn.runtime.distribute` on every backend.
 
 Every test runs in each backend's suite and checks what that backend should
 do: on JAX two forced host devices and a two-process run on 127.0.0.1; on
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import keras_vitbn
-from keras_vitbn import distribute
+from keras_vitbn.runtime import distribute
 
 BACKEND = keras.backend.backend()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

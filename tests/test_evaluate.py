@@ -1,4 +1,4 @@
-"""keras_vitbn.evaluate: clean and augmented accuracy and loss, confusion matrix, PNG, errors."""
+"""keras_vitbn.tools.evaluate: clean and augmented accuracy and loss, confusion matrix, PNG, errors."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import keras_vitbn
-from keras_vitbn.evaluate import main
+from keras_vitbn.tools.evaluate import main
 
 
 @pytest.fixture(scope="module")

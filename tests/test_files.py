@@ -1,4 +1,4 @@
-"""keras_vitbn.files: atomic writes, tolerant readers, run-folder markers, locks and safe --overwrite."""
+"""keras_vitbn.utils.files: atomic writes, tolerant readers, run-folder markers, locks and safe --overwrite."""
 
 import json
 import os
@@ -11,8 +11,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vitbn import files
-from keras_vitbn.files import MARKER, RunFolderError, run_folder
+from keras_vitbn.utils import files
+from keras_vitbn.utils.files import MARKER, RunFolderError, run_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -199,7 +199,7 @@ SAVE_LOOP = """
 import sys
 import time
 import keras
-from keras_vitbn import files
+from keras_vitbn.utils import files
 inputs = keras.Input((64,))
 model = keras.Model(inputs, keras.layers.Dense(256)(keras.layers.Dense(256)(inputs)))
 files.save_model(model, sys.argv[1])

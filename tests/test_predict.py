@@ -1,4 +1,4 @@
-"""keras_vitbn.predict: images of any mode, depth and size, JSON output, one-line errors for bad inputs."""
+"""keras_vitbn.tools.predict: images of any mode, depth and size, JSON output, one-line errors for bad inputs."""
 
 import json
 import os
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import keras_vitbn
-from keras_vitbn.predict import CLASS_NAMES, InputError, load_image, main
+from keras_vitbn.tools.predict import CLASS_NAMES, InputError, load_image, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,11 +79,11 @@ def test_bad_inputs_one_line_each(model_path, images, tmp_path, capsys):
 
 def test_cli_subprocess(model_path, images):
     env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "PYTHONPATH": ROOT}
-    ok = subprocess.run([sys.executable, "-m", "keras_vitbn.predict", model_path, images["rgb"], "--json"],
+    ok = subprocess.run([sys.executable, "-m", "keras_vitbn.tools.predict", model_path, images["rgb"], "--json"],
                         capture_output=True, text=True, env=env, timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert json.loads(ok.stdout)[0]["top"]
-    bad = subprocess.run([sys.executable, "-m", "keras_vitbn.predict", images["bad"], images["grey"]],
+    bad = subprocess.run([sys.executable, "-m", "keras_vitbn.tools.predict", images["bad"], images["grey"]],
                          capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     # (On the tensorflow backend, TensorFlow's own C++ start-up lines may precede it.)
@@ -255,7 +255,7 @@ def test_bad_inputs_table(model_path, images, tmp_path, capsys, args, code, mess
 def test_bad_inputs_table_through_the_command_line(model_path, images, tmp_path, args, code, message):
     env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "PYTHONPATH": ROOT}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the command itself must keep TensorFlow's start-up lines out
-    command = [sys.executable, "-m", "keras_vitbn.predict", *_bad_input_args(model_path, images, tmp_path, args)]
+    command = [sys.executable, "-m", "keras_vitbn.tools.predict", *_bad_input_args(model_path, images, tmp_path, args)]
     run = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == code and "Traceback" not in run.stderr, run.stderr[-2000:]
     lines = run.stderr.strip().splitlines()
@@ -266,7 +266,7 @@ def test_cli_oversized_image_costs_only_itself(model_path, images, tmp_path):
     env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "PYTHONPATH": ROOT}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the command itself must keep TensorFlow's start-up lines out
     huge = _huge_png(tmp_path / "huge.png", 30_000)
-    command = [sys.executable, "-m", "keras_vitbn.predict", model_path, images["grey"], huge, images["bad"]]
+    command = [sys.executable, "-m", "keras_vitbn.tools.predict", model_path, images["grey"], huge, images["bad"]]
     run = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stdout.startswith(images["grey"] + ": ")  # the good image's result is printed
@@ -275,7 +275,7 @@ def test_cli_oversized_image_costs_only_itself(model_path, images, tmp_path):
 
 
 def test_evaluate_checks_idx_labels_against_the_model(tmp_path, mnist_sample_dir, capsys):
-    from keras_vitbn import evaluate
+    from keras_vitbn.tools import evaluate
 
     five = keras_vitbn.create_model("vit_bnffn", depth=1, dim=16, heads=2, dim_head=8, mlp_dim=16, num_classes=5)
     path = str(tmp_path / "five.keras")

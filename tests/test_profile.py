@@ -7,8 +7,8 @@ import re
 import keras
 import pytest
 
-from keras_vitbn.benchmark import op_table
-from keras_vitbn.benchmark.profile import build_parser, load_profile, main, profile_training
+from keras_vitbn.tools.benchmark import op_table
+from keras_vitbn.tools.benchmark.profile import build_parser, load_profile, main, profile_training
 
 
 def test_profile_of_a_training_run(tmp_path, monkeypatch, capsys):

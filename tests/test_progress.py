@@ -2,7 +2,7 @@
 
 import pytest
 
-from keras_vitbn.progress import Progress, format_duration
+from keras_vitbn.utils.progress import Progress, format_duration
 from tests.test_experiments import FakeTrainer, run, small_config
 
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import keras_vitbn
-from keras_vitbn.predict import softmax
+from keras_vitbn.tools.predict import softmax
 from keras_vitbn.serve import create_app, serve_in_thread
 from keras_vitbn.serve.app import Batcher, main
 from keras_vitbn.serve.loadtest import main as loadtest_main

@@ -1,8 +1,8 @@
 """The plain-PyTorch reference model against the published checkpoints and the Keras converter.
 
 The strongest check that the Keras architecture is exact: the reference `.pth`,
-loaded into `keras_vitbn.reference.torch_vit` with strict=True and converted into
-Keras with `keras_vitbn.convert`, gives the same logits on real MNIST digits, in
+loaded into `keras_vitbn.tools.reference.torch_vit` with strict=True and converted into
+Keras with `keras_vitbn.tools.convert`, gives the same logits on real MNIST digits, in
 inference and in training mode (BatchNorm with batch statistics), on every backend.
 """
 
@@ -14,9 +14,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from keras_vitbn.convert import convert_checkpoint  # noqa: E402
+from keras_vitbn.tools.convert import convert_checkpoint  # noqa: E402
 from keras_vitbn.data.idx import read_idx  # noqa: E402
-from keras_vitbn.reference.torch_vit import ReferenceViT, architecture_of, load_reference  # noqa: E402
+from keras_vitbn.tools.reference.torch_vit import ReferenceViT, architecture_of, load_reference  # noqa: E402
 
 CHECKPOINTS = ("VITBNFFN_d5_15.pth", "FinOptAug1_ViT_30.pth")
 

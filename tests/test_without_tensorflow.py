@@ -30,7 +30,7 @@ np.testing.assert_allclose(keras.saving.load_model(path).predict(x, verbose=0), 
 # Neither do the IDX reader, the data locations and the benchmark's runner.
 from keras_vitbn.data import read_idx
 from keras_vitbn.data.locations import data_root
-from keras_vitbn.benchmark.run import run_benchmark
+from keras_vitbn.tools.benchmark.run import run_benchmark
 try:
     from keras_vitbn.training import train
 except ImportError as error:

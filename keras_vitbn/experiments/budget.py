@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from keras_vitbn.files import read_json
+from keras_vitbn.utils.files import read_json
 
 RUNNER_FILE = "runner.json"
 

@@ -16,8 +16,8 @@ import shlex
 import sys
 import time
 
-from keras_vitbn import allocator
-from keras_vitbn.cli_errors import ArgumentParser, command
+from keras_vitbn.runtime import allocator
+from keras_vitbn.utils.cli_errors import ArgumentParser, command
 from keras_vitbn.experiments.config import REPO_ROOT, data_preset
 from keras_vitbn.experiments.config import quick as make_quick
 
@@ -129,7 +129,7 @@ def main(argv=None):
     out = args.out or os.path.join("runs", stem + ("_quick" if args.quick else ""))
     backend = resolve_backend(args.backend)
     if cfg.distribute is None:  # before any run starts JAX: the ViT runs that gain from it go data parallel
-        from keras_vitbn import auto_distribute
+        from keras_vitbn.runtime import auto_distribute
 
         for model in cfg.models:
             for depth in cfg.depths:

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from keras_vitbn.experiments.runner import DONE, RUNNER_FILE, read_history, run_status
-from keras_vitbn.files import read_json, save_figure, write_json, write_text
+from keras_vitbn.utils.files import read_json, save_figure, write_json, write_text
 
 METRICS = ("test_aug_accuracy", "test_accuracy")
 VERDICT = {

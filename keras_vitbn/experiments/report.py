@@ -26,7 +26,7 @@ from matplotlib.ticker import MaxNLocator
 from scipy import stats as _st
 
 from keras_vitbn.experiments import article, budget, stats
-from keras_vitbn.files import save_figure, write_text
+from keras_vitbn.utils.files import save_figure, write_text
 
 DISPLAY = {
     "vit": "ViT",

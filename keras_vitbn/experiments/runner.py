@@ -24,9 +24,9 @@ import sys
 import time
 import traceback
 
-from keras_vitbn.machine import load_average, machine_info
+from keras_vitbn.utils.machine import load_average, machine_info
 
-from keras_vitbn import files
+from keras_vitbn.utils import files
 
 CACHE_VERSION = 1
 # Data folders are where the data sit, not which data: leaving them out keeps a cache
@@ -129,7 +129,7 @@ def config_hash(train_dict, backend):
 
 
 def read_json(path, default=None):
-    """`keras_vitbn.files.read_json`, but a damaged or unreadable file reads as `default`: a sweep goes on."""
+    """`keras_vitbn.utils.files.read_json`, but a damaged or unreadable file reads as `default`: a sweep goes on."""
     try:
         return files.read_json(path, default)
     except (OSError, ValueError):
@@ -313,7 +313,7 @@ def run_experiment(
     Returns:
         list of RunRecord, in grid order.
     """
-    from keras_vitbn.progress import Progress, format_duration
+    from keras_vitbn.utils.progress import Progress, format_duration
 
     backend = resolve_backend(backend)
     train_fn = train_fn or default_train_fn

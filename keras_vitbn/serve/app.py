@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from keras_vitbn.predict import CLASS_NAMES, InputError, class_names_for, input_spec, load_image, load_model, softmax
+from keras_vitbn.tools.predict import CLASS_NAMES, InputError, class_names_for, input_spec, load_image, load_model, softmax
 
 DEFAULT_LIMITS = {
     "max_request_bytes": 8 * 1024 * 1024,  # the whole request body, checked before it is read

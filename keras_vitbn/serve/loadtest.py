@@ -127,8 +127,8 @@ def run_load(url, requests=400, clients=8, images_per_request=1, timeout=60):
 
 def append_row(path, figures, command, note=""):
     """Appends one row of `COLUMNS` to a CSV file (written with its header when new)."""
-    from keras_vitbn.benchmark.results_csv import _code_commit
-    from keras_vitbn.machine import cpu_id
+    from keras_vitbn.tools.benchmark.results_csv import _code_commit
+    from keras_vitbn.utils.machine import cpu_id
 
     now = datetime.datetime.now(datetime.timezone.utc)
     row = {

@@ -16,7 +16,7 @@ import time
 import keras
 import numpy as np
 
-from keras_vitbn import files
+from keras_vitbn.utils import files
 from keras_vitbn.data import datasets
 
 COLUMNS = (

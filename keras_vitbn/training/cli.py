@@ -14,11 +14,11 @@ import os
 import shlex
 import sys
 
-from keras_vitbn import auto_distribute
-from keras_vitbn.cli_errors import ArgumentParser, command
+from keras_vitbn.runtime import auto_distribute
+from keras_vitbn.utils.cli_errors import ArgumentParser, command
 from keras_vitbn.data.augment import POLICIES
-from keras_vitbn.distribute import add_distribute_args, distribute_options
-from keras_vitbn.progress import format_percent
+from keras_vitbn.runtime.distribute import add_distribute_args, distribute_options
+from keras_vitbn.utils.progress import format_percent
 from keras_vitbn.data.datasets import DATA_DIR_ENV, SOURCES, TEST_DATA_DIR_ENV
 from keras_vitbn.training.config import DTYPE_POLICIES, OPTIMIZERS, SCHEDULES, TrainConfig
 

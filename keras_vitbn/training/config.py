@@ -65,7 +65,7 @@ class TrainConfig:
         label_smoothing: float. Defaults to 0.
         output_dir: str. Run directory; "" picks runs/<dataset>/<model>-<backend>-<hash>.
         mlflow: bool. Also log to MLflow. Defaults to False.
-        distribute: str or None. `keras_vitbn.distribute` mode. Defaults to None.
+        distribute: str or None. `keras_vitbn.runtime.distribute` mode. Defaults to None.
         distribute_options: dict. Keyword arguments of `distribution_scope`
             (sync_batchnorm, coordinator_address, num_processes, process_id).
         jit_compile: bool or "auto". Passed to `compile`. Defaults to "auto".

@@ -2,14 +2,14 @@
 
 Each is `keras_vitbn.training.cli.main` over one preset of
 `keras_vitbn.training.presets.PRESETS`, after the process settings that make
-training faster (`keras_vitbn.allocator.tune_for_training`: on JAX only).
+training faster (`keras_vitbn.runtime.allocator.tune_for_training`: on JAX only).
 `trainers/<dataset>.py` in a checkout runs the same function. Every flag:
 `keras-vitbn-train-mnist --help`.
 """
 
 import os
 
-from keras_vitbn import allocator
+from keras_vitbn.runtime import allocator
 from keras_vitbn.training.cli import main
 from keras_vitbn.training.presets import PRESETS
 

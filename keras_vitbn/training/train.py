@@ -15,7 +15,7 @@ A run directory holds:
     backup/            BackupAndRestore state: rerunning the same command resumes here
     .keras_vitbn_run.json, .keras_vitbn.lock
                        the project's marker and the lock held while a process writes here
-                       (keras_vitbn.files: --overwrite deletes only a marked folder)
+                       (keras_vitbn.utils.files: --overwrite deletes only a marked folder)
 
 A run whose training loss becomes NaN or infinite stops at once and is recorded
 as "diverged" with its history kept: a result, not a crash.
@@ -31,12 +31,12 @@ import time
 
 import keras
 
-from keras_vitbn import auto_distribute
+from keras_vitbn.runtime import auto_distribute
 from keras_vitbn.data import augment as augment_lib
 from keras_vitbn.data import datasets, image_folder
-from keras_vitbn.files import read_json, run_folder, write_json
+from keras_vitbn.utils.files import read_json, run_folder, write_json
 from keras_vitbn.models.registry import depth_argument
-from keras_vitbn.progress import format_percent
+from keras_vitbn.utils.progress import format_percent
 from keras_vitbn.training import callbacks as cbs
 from keras_vitbn.training.config import TrainConfig
 
@@ -89,7 +89,7 @@ def load_data(config, dist=None, splits=None):
     `train_ds` is shuffled and augmented with `config.seed`; the augmented test
     split is augmented once with `config.test_seed`, so it is the same images
     every epoch (the article's protocol); `test_ds` is the clean test split.
-    Under a data-parallel `dist` (a `keras_vitbn.distribute.DistributeContext`)
+    Under a data-parallel `dist` (a `keras_vitbn.runtime.distribute.DistributeContext`)
     every batch must split evenly across replicas: training drops its last
     partial batch and evaluation uses a batch size that divides each split.
     `splits` is `run_splits(config)`'s result, when the caller has it already.
@@ -210,8 +210,8 @@ def compile_model(model, config, steps_per_epoch):
 
 
 def _fit_settings(config):
-    """The backend's fastest correct compile settings (keras_vitbn.performance), unless jit is forced."""
-    from keras_vitbn.performance import fit_settings
+    """The backend's fastest correct compile settings (keras_vitbn.runtime.performance), unless jit is forced."""
+    from keras_vitbn.runtime.performance import fit_settings
 
     settings = fit_settings()
     if config.jit_compile != "auto":
@@ -246,7 +246,7 @@ def _process_output_dir(config):
     """The run directory; in a multi-process run, processes other than 0 write under worker<id>/."""
     process_id = 0
     if config.distribute == "multi_worker":
-        from keras_vitbn import distribute
+        from keras_vitbn.runtime import distribute
 
         process_id = config.distribute_options.get("process_id")
         if process_id is None:
@@ -280,7 +280,7 @@ def train(config, callbacks=None, overwrite=False, verbose="auto", command=None)
         callbacks: list or None. Extra Keras callbacks.
         overwrite: bool. Start afresh: once the config and data have validated,
             delete the contents of the run directory, which must be one this
-            project created (it carries `keras_vitbn.files.MARKER`).
+            project created (it carries `keras_vitbn.utils.files.MARKER`).
         verbose: "auto", 0, 1 or 2. Keras progress output ("auto": a progress
             bar on a terminal, one line per epoch otherwise).
         command: str or None. The command line, recorded in config.json.
@@ -338,7 +338,7 @@ def _train(config, folder, callbacks, verbose, command):
         mode, automatic = auto_distribute.choose(config, train_split.size, eval_sizes)
     scope = contextlib.nullcontext(None)
     if mode and mode != "none":
-        from keras_vitbn import distribute
+        from keras_vitbn.runtime import distribute
 
         scope = distribute.distribution_scope(mode, **config.distribute_options)
 

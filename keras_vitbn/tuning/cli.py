@@ -19,8 +19,8 @@ import os
 import shlex
 import sys
 
-from keras_vitbn import allocator
-from keras_vitbn.cli_errors import ArgumentParser, command
+from keras_vitbn.runtime import allocator
+from keras_vitbn.utils.cli_errors import ArgumentParser, command
 from keras_vitbn.training.cli import build_parser, config_from_args
 from keras_vitbn.training.presets import PRESETS
 from keras_vitbn.tuning.config import TUNERS, SearchConfig
@@ -106,7 +106,7 @@ def main(argv=None):
         if args.report_only:
             summary = report_only(config)
         else:
-            from keras_vitbn import auto_distribute
+            from keras_vitbn.runtime import auto_distribute
             from keras_vitbn.tuning.search import search
 
             if config.train.distribute is None:  # before anything starts JAX, as the trainers do

@@ -26,8 +26,8 @@ import time
 
 import numpy as np
 
-from keras_vitbn import files as files_lib
-from keras_vitbn.files import read_json, write_json
+from keras_vitbn.utils import files as files_lib
+from keras_vitbn.utils.files import read_json, write_json
 from keras_vitbn.tuning.search import LR, OBJECTIVE, _say, cell_name
 
 RESULT_COLUMNS = (

@@ -46,7 +46,7 @@ have given uninterrupted, and the final tables equal an uninterrupted search's.
 
 Devices: as in the trainers, a cell whose model was measured faster on several
 XLA CPU devices (ViTs of depth >= 3 on JAX on a CPU-only host, see
-`keras_vitbn.auto_distribute`) trains data parallel over them, the same
+`keras_vitbn.runtime.auto_distribute`) trains data parallel over them, the same
 computation; `search.json` records each cell's choice and why, and
 `--distribute none` keeps every cell on one device.
 
@@ -74,11 +74,11 @@ import grpc
 import keras
 import keras_tuner as kt
 
-from keras_vitbn import auto_distribute
+from keras_vitbn.runtime import auto_distribute
 from keras_vitbn.data import augment as augment_lib
 from keras_vitbn.data import datasets
-from keras_vitbn.files import append_jsonl, read_json, run_folder, write_json
-from keras_vitbn.progress import Progress, format_percent
+from keras_vitbn.utils.files import append_jsonl, read_json, run_folder, write_json
+from keras_vitbn.utils.progress import Progress, format_percent
 from keras_vitbn.training import callbacks as training_callbacks
 from keras_vitbn.training.train import build_model, compile_model, load_data, run_splits
 from keras_vitbn.tuning.config import SearchConfig
@@ -711,7 +711,7 @@ def cell_devices(config, model_name, depth, provenance, output_dir=None):
     if mode is None:
         yield why
         return
-    from keras_vitbn import distribute
+    from keras_vitbn.runtime import distribute
 
     with distribute.distribution_scope(mode) as dist:
         _say(f"{cell_name(model_name, depth)}: {dist.describe()} ({why})")

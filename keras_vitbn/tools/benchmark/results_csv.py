@@ -1,6 +1,6 @@
 """The benchmark's summary rows as CSV, one file per machine and setting, appended run after run.
 
-Measurements are data, not prose: every full run of `python -m keras_vitbn.benchmark`
+Measurements are data, not prose: every full run of `python -m keras_vitbn.tools.benchmark`
 appends one row per (model, backend) to `results/benchmarks/benchmark-<cpu>-<n>cpu.csv`
 (`-mixed_bfloat16` added under that policy), the way timm keeps `results/*.csv`.
 `results/benchmarks/README.md` explains the columns.
@@ -12,7 +12,7 @@ import os
 import re
 import subprocess
 
-from keras_vitbn.benchmark.run import MODELS, window_range
+from keras_vitbn.tools.benchmark.run import MODELS, window_range
 
 DEFAULT_DIRECTORY = os.path.join("results", "benchmarks")
 COLUMNS = (
@@ -41,7 +41,7 @@ def _command(results):
     # Under `python -m`, sys.argv[0] is the path of __main__.py: name the module instead.
     words = results.get("command", "").split()
     if words and words[0].endswith(os.path.join("benchmark", "__main__.py")):
-        words[0:1] = ["python", "-m", "keras_vitbn.benchmark"]
+        words[0:1] = ["python", "-m", "keras_vitbn.tools.benchmark"]
     return " ".join(words)
 
 

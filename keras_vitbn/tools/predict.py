@@ -1,7 +1,7 @@
 """Classify image files with a saved model, on any backend.
 
-    python -m keras_vitbn.predict runs/mnist/.../model_best.keras digit.png photo.jpg
-    python -m keras_vitbn.predict model.keras digit.png --top 3 --json
+    python -m keras_vitbn.tools.predict runs/mnist/.../model_best.keras digit.png photo.jpg
+    python -m keras_vitbn.tools.predict model.keras digit.png --top 3 --json
 
 PNG/JPEG/TIFF/GIF/WebP (anything Pillow decodes), grey or colour, 8 or 16 bits,
 with or without transparency, any size up to Pillow's limit (about 89 million
@@ -27,7 +27,7 @@ import zipfile
 
 import numpy as np
 
-from keras_vitbn.cli_errors import ArgumentParser, command, debug
+from keras_vitbn.utils.cli_errors import ArgumentParser, command, debug
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # a command line: keep TensorFlow's C++ log lines out of it
 
@@ -281,7 +281,7 @@ def predict_files(model, images, top=3, class_names=None, invert="auto"):
 @command(status=1)
 def main(argv=None):
     parser = ArgumentParser(
-        prog="python -m keras_vitbn.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m keras_vitbn.tools.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("model", help="a .keras file written by a trainer")
     parser.add_argument("images", nargs="+", help="PNG/JPEG files")

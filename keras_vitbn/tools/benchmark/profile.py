@@ -1,8 +1,8 @@
-"""Where a training step's time goes: `python -m keras_vitbn.benchmark.profile`.
+"""Where a training step's time goes: `python -m keras_vitbn.tools.benchmark.profile`.
 
-    python -m keras_vitbn.benchmark.profile --backend tensorflow --model vit --depth 6
-    python -m keras_vitbn.benchmark.profile --backend torch --model vit_bnffn --steps 10
-    python -m keras_vitbn.benchmark.profile --compare runs/profile/A runs/profile/B   # what changed
+    python -m keras_vitbn.tools.benchmark.profile --backend tensorflow --model vit --depth 6
+    python -m keras_vitbn.tools.benchmark.profile --backend torch --model vit_bnffn --steps 10
+    python -m keras_vitbn.tools.benchmark.profile --compare runs/profile/A runs/profile/B   # what changed
 
 Trains the model with the trainers' settings (`performance.fit_settings`, and on
 JAX the trainers' device default) in a fresh subprocess on random images,
@@ -21,7 +21,7 @@ existing profile is never overwritten):
 `--compare FIRST SECOND` prints what changed between two finished profiles
 (e.g. ViT -> ViTBNFFN: what the BatchNorm FFN costs, operation by operation).
 The profiler slows the step a little; compare kinds and operations, and take
-speeds from `python -m keras_vitbn.benchmark`.
+speeds from `python -m keras_vitbn.tools.benchmark`.
 """
 
 import argparse
@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 
-from keras_vitbn.benchmark import op_table
+from keras_vitbn.tools.benchmark import op_table
 
 # The article's 28x28 models, which the profiler feeds; the 224x224 CNNs are GPU-sized.
 PROFILED_MODELS = ("vit", "vit_bnffn", "vit_bn", "dnn", "dnn_bn")
@@ -56,7 +56,7 @@ def profile_training(
         threads: int. CPU threads; None: every core.
         output: str. Folder for ops.md, ops.json, trace/ and hlo/.
     """
-    from keras_vitbn import allocator, auto_distribute, performance
+    from keras_vitbn.runtime import allocator, auto_distribute, performance
 
     backend = backend or os.environ.get("KERAS_BACKEND") or "jax"
     if model not in PROFILED_MODELS:
@@ -89,7 +89,7 @@ def profile_training(
         json.dump(spec, f)
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "keras_vitbn.benchmark.profile", "--worker", f.name],
+            [sys.executable, "-m", "keras_vitbn.tools.benchmark.profile", "--worker", f.name],
             env=env, capture_output=True, text=True, timeout=timeout,
         )
     finally:
@@ -105,7 +105,7 @@ def load_profile(path):
     """A finished profile's result: `path` is its folder or its ops.json."""
     file = os.path.join(path, "ops.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
-        raise FileNotFoundError(f"no profile at {path}: give a folder written by keras_vitbn.benchmark.profile")
+        raise FileNotFoundError(f"no profile at {path}: give a folder written by keras_vitbn.tools.benchmark.profile")
     with open(file) as f:
         return json.load(f)
 
@@ -115,7 +115,7 @@ def _profile_here(spec):
     import keras
     import numpy as np
 
-    from keras_vitbn import auto_distribute, performance
+    from keras_vitbn.runtime import auto_distribute, performance
     from keras_vitbn.data import Split, make_pipeline
     from keras_vitbn.models import create_model
     from keras_vitbn.models.registry import is_vit
@@ -198,7 +198,7 @@ def _traced_fit(backend, model, data, trace_dir):
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="python -m keras_vitbn.benchmark.profile",
+        prog="python -m keras_vitbn.tools.benchmark.profile",
         description="Profile a training step: milliseconds per step by kind of operation and by operation.",
     )
     parser.add_argument("--backend", choices=BACKENDS, default=None, help="default: KERAS_BACKEND, else jax")

@@ -1,13 +1,13 @@
-"""`python -m keras_vitbn.benchmark`: see `keras_vitbn.benchmark`."""
+"""`python -m keras_vitbn.tools.benchmark`: see `keras_vitbn.tools.benchmark`."""
 
 import datetime
 import os
 import sys
 
-from keras_vitbn.machine import cpu_id
-from keras_vitbn.benchmark import results_csv
-from keras_vitbn.benchmark.run import BACKENDS, DEFAULT_DATA, MODELS, format_markdown, run_benchmark, write_results
-from keras_vitbn.cli_errors import ArgumentParser, command
+from keras_vitbn.utils.machine import cpu_id
+from keras_vitbn.tools.benchmark import results_csv
+from keras_vitbn.tools.benchmark.run import BACKENDS, DEFAULT_DATA, MODELS, format_markdown, run_benchmark, write_results
+from keras_vitbn.utils.cli_errors import ArgumentParser, command
 from keras_vitbn.training.config import DTYPE_POLICIES
 
 SMOKE = {"depth": 1, "steps": 2, "windows": 1, "epoch_images": 200, "infer_batch": 50, "infer_repeats": 1}
@@ -15,7 +15,7 @@ SMOKE = {"depth": 1, "steps": 2, "windows": 1, "epoch_images": 200, "infer_batch
 
 def build_parser():
     parser = ArgumentParser(
-        prog="python -m keras_vitbn.benchmark",
+        prog="python -m keras_vitbn.tools.benchmark",
         description="Training speed of the Keras ViT models on each backend against a plain-PyTorch yardstick.",
     )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -26,7 +26,7 @@ def build_parser():
     parser.add_argument("--windows", type=int, default=10, help="timed windows after the warm-up epoch (default 10)")
     parser.add_argument(
         "--settings", choices=("tuned", "keras-default"), default="tuned",
-        help="compile settings: keras_vitbn.performance.fit_settings (tuned) or Keras' defaults",
+        help="compile settings: keras_vitbn.runtime.performance.fit_settings (tuned) or Keras' defaults",
     )
     parser.add_argument(
         "--jit", choices=("default", "on", "off", "auto"), default="default",

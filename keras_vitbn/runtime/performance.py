@@ -1,7 +1,7 @@
 """Fast training settings per backend, thread control, and the FLOP count of the ViT models.
 
 `fit_settings(backend)` is what the trainers should pass to `model.compile`:
-the fastest correct settings measured with `python -m keras_vitbn.benchmark`
+the fastest correct settings measured with `python -m keras_vitbn.tools.benchmark`
 on each backend (see the comment above `FIT_SETTINGS`).
 
 Example:
@@ -10,7 +10,7 @@ Example:
 
 import os
 
-# Chosen with `python -m keras_vitbn.benchmark` (alternated A/B runs; docs/performance.md):
+# Chosen with `python -m keras_vitbn.tools.benchmark` (alternated A/B runs; docs/performance.md):
 # - tensorflow: Keras' "auto" switches XLA off on CPU-only machines. XLA and
 #   steps_per_execution=8 each cut the per-step overhead; together they trained
 #   about 3x faster than Keras' default.

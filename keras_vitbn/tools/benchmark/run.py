@@ -12,9 +12,9 @@ import tempfile
 
 import numpy as np
 
-from keras_vitbn.machine import cpu_id
-from keras_vitbn import allocator, auto_distribute, performance
-from keras_vitbn.benchmark.worker import compute_dtype
+from keras_vitbn.utils.machine import cpu_id
+from keras_vitbn.runtime import allocator, auto_distribute, performance
+from keras_vitbn.tools.benchmark.worker import compute_dtype
 from keras_vitbn.data.locations import data_root
 
 BACKENDS = ("jax", "tensorflow", "torch")
@@ -64,7 +64,7 @@ def initial_weights(variant, depth, seed=0):
     """The reference PyTorch model's initialisation (torch.manual_seed), as {key: numpy}."""
     import torch
 
-    from keras_vitbn.reference.torch_vit import ReferenceViT
+    from keras_vitbn.tools.reference.torch_vit import ReferenceViT
 
     torch.manual_seed(seed)
     model = ReferenceViT(variant, depth=depth)
@@ -81,7 +81,7 @@ class Worker:
         with open(spec_path, "w") as f:
             json.dump(spec, f)
         backend = spec["backend"] if spec["backend"] != "yardstick" else "torch"
-        # The trainers' malloc settings (JAX only), from the start: see keras_vitbn.allocator.
+        # The trainers' malloc settings (JAX only), from the start: see keras_vitbn.runtime.allocator.
         env = {
             **os.environ, **performance.thread_environment(threads), **allocator.training_environment(backend),
             "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {}),
@@ -90,7 +90,7 @@ class Worker:
         self.stderr_path = os.path.join(workdir, f"{name}.stderr")
         self._stderr = open(self.stderr_path, "w")  # a file, not a pipe: a full pipe would block the worker
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "keras_vitbn.benchmark.worker", spec_path],
+            [sys.executable, "-m", "keras_vitbn.tools.benchmark.worker", spec_path],
             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
         )
         self._answer()  # {"ready": ...} once set up, or None with self.error set
@@ -166,7 +166,7 @@ def measure_interleaved(specs, workdir, threads, timeout, windows, epoch_repeats
 
 
 def _worker_env(backend, model, depth, settings, threads):
-    """The trainers' default device setup (`keras_vitbn.auto_distribute`) for a Keras worker."""
+    """The trainers' default device setup (`keras_vitbn.runtime.auto_distribute`) for a Keras worker."""
     if backend != "jax" or settings == "keras-default":
         return None
     env = {"XLA_FLAGS": performance.thread_environment(threads)["XLA_FLAGS"]}
@@ -202,7 +202,7 @@ def run_benchmark(
 ):
     """Measures every (model, backend) and the yardstick; returns the results dict.
 
-    See `python -m keras_vitbn.benchmark --help` for the arguments; `partial_path`, if
+    See `python -m keras_vitbn.tools.benchmark --help` for the arguments; `partial_path`, if
     given, is rewritten with the raw results after every subprocess.
     """
     threads = int(threads or os.cpu_count() or 1)

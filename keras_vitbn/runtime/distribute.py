@@ -44,7 +44,7 @@ Example:
 
 ```python
 import argparse
-from keras_vitbn import distribute
+from keras_vitbn.runtime import distribute
 
 parser = argparse.ArgumentParser()
 distribute.add_distribute_args(parser)
@@ -449,7 +449,7 @@ def add_distribute_args(parser):
         default="auto",
         help="auto (default): data parallel where it was measured faster "
         "(ViTs of depth >= 3 on JAX on a CPU-only host, over 2 XLA CPU "
-        "devices; keras_vitbn.auto_distribute), else one device; "
+        "devices; keras_vitbn.runtime.auto_distribute), else one device; "
         "none: one device; data_parallel: all local devices "
         "(JAX DataParallel / TF MirroredStrategy); multi_worker: several "
         "hosts or processes (JAX only: keras.distribution.initialize). "

@@ -9,9 +9,9 @@ layout in `shared/data/README.md`, so that
 
 works for both published checkpoints. Two uses:
 
-* the conversion cross-check: the Keras model made by `keras_vitbn.convert`
+* the conversion cross-check: the Keras model made by `keras_vitbn.tools.convert`
   and this model, loaded from the same `.pth`, must give the same logits;
-* the yardstick of `python -m keras_vitbn.benchmark`: the same model and
+* the yardstick of `python -m keras_vitbn.tools.benchmark`: the same model and
   training step written directly in PyTorch, no Keras.
 
 By default the code does what the reference does: einops-style reshapes, a

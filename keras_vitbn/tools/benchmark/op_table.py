@@ -1,6 +1,6 @@
 """Time per operation of a profiled training step, grouped by kind (matmul, reduction, layout, elementwise).
 
-Reads what `keras_vitbn.benchmark.profile` records: an XLA profile (TensorFlow
+Reads what `keras_vitbn.tools.benchmark.profile` records: an XLA profile (TensorFlow
 and JAX, an `XSpace` protobuf) matched with the optimised HLO that XLA dumped
 for the step, or `torch.profiler`'s per-op averages. Pure functions over
 those files and tables; the Markdown goes next to the raw trace.

@@ -1,6 +1,6 @@
 """Import the reference implementation's PyTorch checkpoints into Keras.
 
-    python -m keras_vitbn.convert IN.pth OUT.keras [--heads 8]
+    python -m keras_vitbn.tools.convert IN.pth OUT.keras [--heads 8]
 
 The architecture (variant, depth, sizes) is read off the state dict's keys and
 shapes; only the head count is not recoverable from shapes (q/k/v are fused to
@@ -14,7 +14,7 @@ import os
 import re
 import sys
 
-from keras_vitbn.cli_errors import ArgumentParser, command
+from keras_vitbn.utils.cli_errors import ArgumentParser, command
 
 
 # Reference key names per part; the two published checkpoints name a few parts differently.
@@ -164,7 +164,7 @@ def convert_state_dict(state, heads=8, channels=None):
 
 def convert_checkpoint(checkpoint_path, output_path, heads=8, channels=None):
     """Converts a reference `.pth` into a `.keras` file; returns the Keras model."""
-    from keras_vitbn import files
+    from keras_vitbn.utils import files
 
     if not str(output_path).endswith(".keras"):
         raise CheckpointError(f"output {output_path} must end in .keras")
@@ -182,7 +182,7 @@ def convert_checkpoint(checkpoint_path, output_path, heads=8, channels=None):
 @command
 def main(argv=None):
     parser = ArgumentParser(
-        prog="python -m keras_vitbn.convert",
+        prog="python -m keras_vitbn.tools.convert",
         description="Convert a reference PyTorch ViT/ViTBNFFN checkpoint into a .keras model.",
     )
     parser.add_argument("checkpoint", help="input .pth state dict")

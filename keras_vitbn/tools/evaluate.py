@@ -1,7 +1,7 @@
 """Accuracy, loss and confusion matrix of a saved model on a test split, clean and augmented.
 
-    python -m keras_vitbn.evaluate MODEL.keras --dataset fashion_mnist --data-dir ../shared/data/fashion-mnist
-    python -m keras_vitbn.evaluate MODEL.keras --data-dir ../shared/data/mnist-test --plot confusion.png
+    python -m keras_vitbn.tools.evaluate MODEL.keras --dataset fashion_mnist --data-dir ../shared/data/fashion-mnist
+    python -m keras_vitbn.tools.evaluate MODEL.keras --data-dir ../shared/data/mnist-test --plot confusion.png
 
 `--data-dir` needs only the t10k IDX files. The augmented protocol applies an
 augmentation policy (default: the article's) once with a fixed seed, as the
@@ -17,9 +17,9 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # a command line: keep TensorFlow's C++ log lines out of it
 
-from keras_vitbn import files
-from keras_vitbn.cli_errors import ArgumentParser, command, positive_int
-from keras_vitbn.predict import InputError, class_names_for, input_spec, load_model, softmax
+from keras_vitbn.utils import files
+from keras_vitbn.utils.cli_errors import ArgumentParser, command, positive_int
+from keras_vitbn.tools.predict import InputError, class_names_for, input_spec, load_model, softmax
 
 
 def confusion_matrix(labels, predictions, num_classes):
@@ -114,7 +114,7 @@ def plot_confusion(results, names, path, title=""):
 @command(status=1)
 def main(argv=None):
     parser = ArgumentParser(
-        prog="python -m keras_vitbn.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m keras_vitbn.tools.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("model", help="a .keras file written by a trainer")
     parser.add_argument("--dataset", default=None, help="tfds name (mnist, fashion_mnist, cifar10, ...)")

@@ -1,6 +1,6 @@
-"""One benchmarked process: `python -m keras_vitbn.benchmark.worker SPEC.json`.
+"""One benchmarked process: `python -m keras_vitbn.tools.benchmark.worker SPEC.json`.
 
-The parent (`keras_vitbn.benchmark.run`) sets the thread environment and
+The parent (`keras_vitbn.tools.benchmark.run`) sets the thread environment and
 `KERAS_BACKEND` before this process imports any framework. `SPEC["backend"]` is a
 Keras backend, or "yardstick" for the plain-PyTorch reference training loop.
 
@@ -192,7 +192,7 @@ def _keras_matmul_peak(backend, dtype="float32"):
 
 
 def _compile_kwargs(spec, backend):
-    from keras_vitbn import performance
+    from keras_vitbn.runtime import performance
 
     if spec["settings"] == "keras-default":
         settings = dict(performance.KERAS_DEFAULT_SETTINGS)
@@ -213,8 +213,8 @@ class KerasSession(_Session):
         import keras
         import numpy as np
 
-        from keras_vitbn import performance
-        from keras_vitbn.convert import convert_state_dict
+        from keras_vitbn.runtime import performance
+        from keras_vitbn.tools.convert import convert_state_dict
 
         backend = keras.backend.backend()
         performance.set_threads(spec["threads"], backend)
@@ -247,7 +247,7 @@ class KerasSession(_Session):
 
     def _trainer_distribution(self, spec):
         """The trainers' default: data parallel where `auto_distribute` chooses it; returns the device count."""
-        from keras_vitbn import auto_distribute
+        from keras_vitbn.runtime import auto_distribute
 
         if spec["settings"] == "keras-default":
             return 1
@@ -287,7 +287,7 @@ class YardstickSession(_Session):
         import torch
         import torch.nn.functional as F
 
-        from keras_vitbn.reference.torch_vit import ReferenceViT
+        from keras_vitbn.tools.reference.torch_vit import ReferenceViT
 
         torch.set_num_threads(spec["threads"])
         self.torch, self.F = torch, F

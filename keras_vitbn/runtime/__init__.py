@@ -1,0 +1,4 @@
+"""How a process runs the models: allocator settings, fit settings per backend, data parallelism.
+
+Entry points opt in (`allocator.tune_for_training`); importing this package changes nothing.
+"""
