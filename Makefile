@@ -52,9 +52,13 @@ test: $(STAMP)
 	  env $$malloc KERAS_BACKEND=$$backend TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest $(PYTEST_ARGS) || status=1; \
 	done; exit $$status
 
-# Lint: ruff's rules from pyproject.toml; CI runs it before the tests.
+# Lint (CI runs it before the tests): ruff's rules and formatting from pyproject.toml, then the
+# package's layering (import-linter's contract in pyproject.toml).
+LINT_PATHS = keras_vitbn tests trainers tuning experiments scripts
 lint: $(STAMP)
-	$(PY) -m ruff check keras_vitbn tests trainers tuning experiments scripts
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) *.egg-info

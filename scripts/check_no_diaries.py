@@ -11,7 +11,10 @@ import os
 import re
 import sys
 
-MONTHS = "Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:tember)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?"
+MONTHS = (
+    "Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:tember)?|Oct(?:ober)?"
+    "|Nov(?:ember)?|Dec(?:ember)?"
+)
 NUMBER = r"\d[\d,.]*"
 PATTERNS = {
     "a date": re.compile(rf"\b20\d\d-[01]\d(?:-[0-3]\d)?\b|\b(?:{MONTHS})\.? [0-3]?\d\b|\b[0-3]?\d (?:{MONTHS})\b"),
@@ -58,7 +61,10 @@ def main(argv=None):
             print(f"{path}:{number}: {what}: {text}")
             found += 1
     if found:
-        print(f"{found} diary line(s): move measurements to docs/performance.md or the benchmark's results", file=sys.stderr)
+        print(
+            f"{found} diary line(s): move measurements to docs/performance.md or the benchmark's results",
+            file=sys.stderr,
+        )
     return 1 if found else 0
 
 

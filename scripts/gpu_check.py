@@ -35,10 +35,22 @@ SAMPLE = os.path.join(ROOT, "tests", "fixtures", "mnist_sample.npz")
 # Logits of a model saved on the GPU and reloaded on the CPU. The GPU side computes at
 # full float32 precision (JAX would otherwise use TF32 products on Ampere and later).
 LOGIT_ATOL = 1e-4
-FULL = dict(depth=6, epoch_images=60_000, batch_sizes=(100, 1000), bench_steps=20, bench_windows=5,
-            tests=("tests/test_models.py", "tests/test_layers.py"))
-TINY = dict(depth=1, epoch_images=400, batch_sizes=(100, 200), bench_steps=2, bench_windows=1,
-            tests=("tests/test_models.py::test_article_defaults",))
+FULL = dict(
+    depth=6,
+    epoch_images=60_000,
+    batch_sizes=(100, 1000),
+    bench_steps=20,
+    bench_windows=5,
+    tests=("tests/test_models.py", "tests/test_layers.py"),
+)
+TINY = dict(
+    depth=1,
+    epoch_images=400,
+    batch_sizes=(100, 200),
+    bench_steps=2,
+    bench_windows=1,
+    tests=("tests/test_models.py::test_article_defaults",),
+)
 # Shares of the time limit, in the order the steps run (most important first).
 SHARES = {"devices": 0.1, "fit": 0.25, "save_load": 0.15, "benchmark": 0.25, "tests": 0.25}
 
@@ -55,8 +67,16 @@ def _child_env(backend, cpu=False):
 
 def _run_child(step, backend, args, timeout, cpu=False, extra_env=None):
     """Runs this script's `--child step` on `backend`; returns (status, parsed JSON result or None, output tail)."""
-    command = [sys.executable, os.path.abspath(__file__), "--child", step, "--backend", backend,
-               "--child-args", json.dumps(args)]
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        step,
+        "--backend",
+        backend,
+        "--child-args",
+        json.dumps(args),
+    ]
     env = {**_child_env(backend, cpu), **(extra_env or {})}
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=max(1.0, timeout), env=env, cwd=ROOT)
@@ -64,7 +84,7 @@ def _run_child(step, backend, args, timeout, cpu=False, extra_env=None):
         tail = (error.stdout or b"")[-2000:]
         return "timeout", None, tail.decode(errors="replace") if isinstance(tail, bytes) else tail
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    result = json.loads(lines[-1][len("RESULT "):]) if lines else None
+    result = json.loads(lines[-1][len("RESULT ") :]) if lines else None
     status = "passed" if proc.returncode == 0 and result is not None else "failed"
     return status, result, (proc.stdout + proc.stderr)[-3000:]
 
@@ -90,14 +110,23 @@ def _device():
         import jax
 
         device = jax.devices()[0]
-        return {"platform": device.platform, "name": getattr(device, "device_kind", str(device)),
-                "count": len(jax.devices()), "jax": jax.__version__}
+        return {
+            "platform": device.platform,
+            "name": getattr(device, "device_kind", str(device)),
+            "count": len(jax.devices()),
+            "jax": jax.__version__,
+        }
     if backend == "torch":
         import torch
 
         if torch.cuda.is_available():
-            return {"platform": "gpu", "name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(),
-                    "torch": torch.__version__, "cuda": torch.version.cuda}
+            return {
+                "platform": "gpu",
+                "name": torch.cuda.get_device_name(0),
+                "count": torch.cuda.device_count(),
+                "torch": torch.__version__,
+                "cuda": torch.version.cuda,
+            }
         return {"platform": "cpu", "name": "cpu", "count": 1, "torch": torch.__version__}
     import tensorflow as tf
 
@@ -112,9 +141,14 @@ def child_devices(args):
 
     import keras_vitbn
 
-    return {"backend": keras.backend.backend(), "keras": keras.__version__, "keras_vitbn": keras_vitbn.__version__,
-            "python": sys.version.split()[0], "tensorflow_installed": importlib.util.find_spec("tensorflow") is not None,
-            "device": _device()}
+    return {
+        "backend": keras.backend.backend(),
+        "keras": keras.__version__,
+        "keras_vitbn": keras_vitbn.__version__,
+        "python": sys.version.split()[0],
+        "tensorflow_installed": importlib.util.find_spec("tensorflow") is not None,
+        "device": _device(),
+    }
 
 
 def _compiled_model(depth, seed=0):
@@ -125,9 +159,12 @@ def _compiled_model(depth, seed=0):
 
     keras.utils.set_random_seed(seed)
     model = keras_vitbn.create_model("vit_bnffn", depth=depth)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3, epsilon=1e-8),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
-                  **performance.fit_settings())
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3, epsilon=1e-8),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        **performance.fit_settings(),
+    )
     return model
 
 
@@ -141,9 +178,16 @@ def child_fit(args):
         start = time.perf_counter()
         history = model.fit(x, y, batch_size=batch, epochs=1, verbose=0)  # returns once the last loss is read
         seconds = time.perf_counter() - start
-        rows.append({"batch_size": batch, "images": len(x), "seconds": round(seconds, 3),
-                     "images_per_s": round(len(x) / seconds, 1), "loss": round(history.history["loss"][-1], 4),
-                     "accuracy": round(history.history["accuracy"][-1], 4)})
+        rows.append(
+            {
+                "batch_size": batch,
+                "images": len(x),
+                "seconds": round(seconds, 3),
+                "images_per_s": round(len(x) / seconds, 1),
+                "loss": round(history.history["loss"][-1], 4),
+                "accuracy": round(history.history["accuracy"][-1], 4),
+            }
+        )
     return {"device": _device(), "depth": args["depth"], "rows": rows}
 
 
@@ -171,30 +215,48 @@ def child_load(args):
     probe, _ = _sample_images(256, seed=1)
     here = np.asarray(model.predict(probe, batch_size=256, verbose=0), dtype="float64")
     there = np.load(args["logits"])
-    return {"device": _device(), "max_abs_diff": float(np.max(np.abs(here - there))),
-            "max_abs_logit": float(np.max(np.abs(there))),
-            "same_argmax": bool(np.array_equal(here.argmax(-1), there.argmax(-1)))}
+    return {
+        "device": _device(),
+        "max_abs_diff": float(np.max(np.abs(here - there))),
+        "max_abs_logit": float(np.max(np.abs(there))),
+        "same_argmax": bool(np.array_equal(here.argmax(-1), there.argmax(-1))),
+    }
 
 
 def child_benchmark(args):
     from keras_vitbn.tools.benchmark.run import format_markdown, run_benchmark
 
     results = run_benchmark(
-        models=["vit_bnffn"], depth=args["depth"], batch_size=100, backends=args["backends"],
-        steps=args["bench_steps"], windows=args["bench_windows"], epoch_images=0, infer_batch=0,
-        data_root=None, timeout=args["timeout"], log=lambda *a: print(*a, flush=True),
+        models=["vit_bnffn"],
+        depth=args["depth"],
+        batch_size=100,
+        backends=args["backends"],
+        steps=args["bench_steps"],
+        windows=args["bench_windows"],
+        epoch_images=0,
+        infer_batch=0,
+        data_root=None,
+        timeout=args["timeout"],
+        log=lambda *a: print(*a, flush=True),
     )
     with open(args["json"], "w") as f:
         json.dump(results, f, indent=1, default=str)
     with open(args["md"], "w") as f:
         f.write(format_markdown(results) + "\n")
     runs = results["runs"]["vit_bnffn"]
-    return {label: {k: run.get(k) for k in ("train_images_per_s", "ratio_to_yardstick", "error") if k in run}
-            for label, run in runs.items()} | {"same_work": results.get("same_work")}
+    return {
+        label: {k: run.get(k) for k in ("train_images_per_s", "ratio_to_yardstick", "error") if k in run}
+        for label, run in runs.items()
+    } | {"same_work": results.get("same_work")}
 
 
-CHILDREN = {"devices": child_devices, "fit": child_fit, "save": child_save, "load": child_load,
-            "benchmark": child_benchmark}
+CHILDREN = {
+    "devices": child_devices,
+    "fit": child_fit,
+    "save": child_save,
+    "load": child_load,
+    "benchmark": child_benchmark,
+}
 
 
 # ---------------------------------------------------------------- the parent: steps, budget, files
@@ -211,16 +273,22 @@ def run_tests(backend, tests, timeout):
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
     start = time.perf_counter()
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=max(1.0, timeout),
-                              env=_child_env(backend), cwd=ROOT)
+        proc = subprocess.run(
+            command, capture_output=True, text=True, timeout=max(1.0, timeout), env=_child_env(backend), cwd=ROOT
+        )
         text, code = proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as error:
         out = error.stdout or ""
         text, code = (out.decode(errors="replace") if isinstance(out, bytes) else out), None
     counts = _pytest_counts(text.strip().splitlines()[-1] if text.strip() else "")
     status = "timeout" if code is None else ("passed" if code == 0 else "failed")
-    return {"status": status, "returncode": code, "counts": counts, "seconds": round(time.perf_counter() - start, 1),
-            "tail": text[-2500:]}
+    return {
+        "status": status,
+        "returncode": code,
+        "counts": counts,
+        "seconds": round(time.perf_counter() - start, 1),
+        "tail": text[-2500:],
+    }
 
 
 def main(argv=None):
@@ -249,12 +317,16 @@ def main(argv=None):
     if not args.devices:
         os.makedirs(args.out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="keras_vitbn_gpu_check_")
-    summary = {"command": " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "time_limit_s": args.time_limit, "steps": {}}
+    summary = {
+        "command": " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "time_limit_s": args.time_limit,
+        "steps": {},
+    }
 
     def budget(step):
         """The time left, less what the steps after `step` are owed: time a step leaves unused goes on."""
-        later = list(SHARES)[list(SHARES).index(step) + 1:]
+        later = list(SHARES)[list(SHARES).index(step) + 1 :]
         return max(1.0, deadline - time.perf_counter() - sum(SHARES[s] for s in later) * args.time_limit)
 
     def record(step, status, began, **extra):
@@ -309,8 +381,11 @@ def main(argv=None):
     checks = {}
     for i, backend in enumerate(args.backends):
         share = budget("save_load") / (len(args.backends) - i)
-        paths = {"model": os.path.join(work, f"{backend}.keras"), "logits": os.path.join(work, f"{backend}.npy"),
-                 "depth": sizes["depth"]}
+        paths = {
+            "model": os.path.join(work, f"{backend}.keras"),
+            "logits": os.path.join(work, f"{backend}.npy"),
+            "depth": sizes["depth"],
+        }
         full_precision = {"JAX_DEFAULT_MATMUL_PRECISION": "highest"}
         status, saved, tail = _run_child("save", backend, paths, share * 0.6, extra_env=full_precision)
         check = {"saved_on": (saved or {}).get("device"), "save_status": status, "passed": False}
@@ -323,18 +398,25 @@ def main(argv=None):
         else:
             check["tail"] = tail
         checks[backend] = check
-    write("save_load.json", {"tolerance": f"max |difference| <= {LOGIT_ATOL:g} x max(1, max |logit|), same argmax",
-                             **checks})
+    write(
+        "save_load.json",
+        {"tolerance": f"max |difference| <= {LOGIT_ATOL:g} x max(1, max |logit|), same argmax", **checks},
+    )
     record("save_load", "passed" if all(c["passed"] for c in checks.values()) else "failed", began)
 
     # The benchmark: model-only training images/s, Keras backends and the yardstick on one device.
     began = time.perf_counter()
     share = budget("benchmark")
-    bench_args = {**sizes, "backends": [b for b in args.backends if b != "tensorflow"] or args.backends,
-                  "timeout": share, "json": os.path.join(args.out, "benchmark.json"),
-                  "md": os.path.join(args.out, "benchmark.md")}
-    status, result, tail = _run_child("benchmark", "torch" if "torch" in args.backends else args.backends[0],
-                                      bench_args, share)
+    bench_args = {
+        **sizes,
+        "backends": [b for b in args.backends if b != "tensorflow"] or args.backends,
+        "timeout": share,
+        "json": os.path.join(args.out, "benchmark.json"),
+        "md": os.path.join(args.out, "benchmark.md"),
+    }
+    status, result, tail = _run_child(
+        "benchmark", "torch" if "torch" in args.backends else args.backends[0], bench_args, share
+    )
     if result is not None and not result.get("same_work"):
         status = "failed"
     record("benchmark", status, began, result=result, **({} if status == "passed" else {"tail": tail}))
@@ -346,14 +428,21 @@ def main(argv=None):
         share = budget("tests") / (len(args.backends) - i)
         tests[backend] = run_tests(backend, args.tests or list(sizes["tests"]), share)
     write("tests.json", {"selection": args.tests or list(sizes["tests"]), **tests})
-    record("tests", "passed" if all(t["status"] == "passed" for t in tests.values()) else "failed", began,
-           backends={b: t["counts"] for b, t in tests.items()})
+    record(
+        "tests",
+        "passed" if all(t["status"] == "passed" for t in tests.values()) else "failed",
+        began,
+        backends={b: t["counts"] for b, t in tests.items()},
+    )
 
     summary["seconds"] = round(time.perf_counter() - start, 1)
     summary["passed"] = all(step["status"] == "passed" for step in summary["steps"].values())
     write("summary.json", summary)
-    print(f"[gpu_check] {'all steps passed' if summary['passed'] else 'FAILED'} in {summary['seconds']} s; "
-          f"results in {args.out}", flush=True)
+    print(
+        f"[gpu_check] {'all steps passed' if summary['passed'] else 'FAILED'} in {summary['seconds']} s; "
+        f"results in {args.out}",
+        flush=True,
+    )
     return 0 if summary["passed"] else 1
 
 

@@ -88,9 +88,7 @@ def train(mode, data, sync_batchnorm=True):
     keras.utils.set_random_seed(SEED)
     x, y = data
     with distribution_scope(mode, sync_batchnorm=sync_batchnorm) as dist:
-        model = keras_vitbn.create_model(
-            "vit_bnffn", depth=1, dim=16, heads=2, dim_head=8, mlp_dim=16
-        )
+        model = keras_vitbn.create_model("vit_bnffn", depth=1, dim=16, heads=2, dim_head=8, mlp_dim=16)
         switched = dist.prepare_model(model)
         model.compile(
             optimizer=keras.optimizers.Adam(1e-3),
@@ -110,9 +108,7 @@ def train(mode, data, sync_batchnorm=True):
         info["describe"] = dist.describe()
         info["per_replica_batch"] = dist.per_replica_batch_size(GLOBAL_BATCH)
     info["synchronized_after_scope"] = [
-        layer.synchronized
-        for layer in model._flatten_layers()
-        if isinstance(layer, keras.layers.BatchNormalization)
+        layer.synchronized for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)
     ]
     info["synchronized_in_scope"] = restored
     info["switched"] = switched
@@ -143,10 +139,7 @@ def bn_probe(mode, sync_batchnorm=True):
 
                 def record(sharding):
                     seen.append(
-                        sorted(
-                            (str(d), str(idx))
-                            for d, idx in sharding.devices_indices_map(inputs.shape).items()
-                        )
+                        sorted((str(d), str(idx)) for d, idx in sharding.devices_indices_map(inputs.shape).items())
                     )
 
                 jax.debug.inspect_array_sharding(inputs, callback=record)
@@ -171,14 +164,16 @@ def bn_probe(mode, sync_batchnorm=True):
         mean = keras.ops.convert_to_numpy(bn.moving_mean).tolist()
         variance = keras.ops.convert_to_numpy(bn.moving_variance).tolist()
         # On TensorFlow: the copy of the moving mean each replica holds.
-        per_replica = [
-            keras.ops.convert_to_numpy(v).tolist()
-            for v in getattr(bn.moving_mean.value, "values", ())
-        ]
+        per_replica = [keras.ops.convert_to_numpy(v).tolist() for v in getattr(bn.moving_mean.value, "values", ())]
     # On JAX: the batch rows each device holds inside the jitted train step.
-    return {"moving_mean": mean, "moving_variance": variance, "input_shards": seen[-1:],
-            "replica_moving_mean": per_replica, "synchronized_in_scope": live_flag,
-            "synchronized_saved_in_scope": saved_flags}
+    return {
+        "moving_mean": mean,
+        "moving_variance": variance,
+        "input_shards": seen[-1:],
+        "replica_moving_mean": per_replica,
+        "synchronized_in_scope": live_flag,
+        "synchronized_saved_in_scope": saved_flags,
+    }
 
 
 def main(argv=None):

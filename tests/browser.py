@@ -49,18 +49,29 @@ class Chromium:
         high_r = fcntl.fcntl(to_browser_r, fcntl.F_DUPFD, 10)  # above 4: no clobbering while renumbering
         high_w = fcntl.fcntl(from_browser_w, fcntl.F_DUPFD, 10)
         flags = [
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--mute-audio",
-            f"--user-data-dir={self.profile}", f"--window-size={self.size[0]},{self.size[1]}",
-            "--remote-debugging-pipe", "about:blank",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--mute-audio",
+            f"--user-data-dir={self.profile}",
+            f"--window-size={self.size[0]},{self.size[1]}",
+            "--remote-debugging-pipe",
+            "about:blank",
         ]
         trampoline = (
             f"import os, sys; os.dup2({high_r}, 3); os.dup2({high_w}, 4); "
             f"os.close({high_r}); os.close({high_w}); os.execv(sys.argv[1], sys.argv[1:])"
         )
         self.process = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", trampoline, self.executable, *flags], pass_fds=(high_r, high_w),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log,
+            [sys.executable, "-I", "-S", "-c", trampoline, self.executable, *flags],
+            pass_fds=(high_r, high_w),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
         )
         for fd in (to_browser_r, from_browser_w, high_r, high_w):
             os.close(fd)

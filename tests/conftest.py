@@ -13,17 +13,15 @@ KERAS_VITBN_REQUIRE_DATA=1 (CI) makes them fail instead.
 import gzip
 import os
 
-import keras_vitbn  # noqa: F401 (registers the serializable layers; changes nothing process-wide)
-
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+import keras_vitbn  # noqa: F401 (registers the serializable layers; changes nothing process-wide)
+
 
 def pytest_addoption(parser):
-    parser.addoption(
-        "--run-large", action="store_true", default=False, help="also run tests marked large (slow)"
-    )
+    parser.addoption("--run-large", action="store_true", default=False, help="also run tests marked large (slow)")
 
 
 def pytest_collection_modifyitems(config, items):

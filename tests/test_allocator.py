@@ -65,7 +65,11 @@ def _run(probe, backend, **env):
     environment.update(env, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
         [sys.executable, "-W", "always", "-c", probe],
-        env=environment, capture_output=True, text=True, timeout=900, check=False,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
@@ -106,7 +110,9 @@ def test_tune_for_training_reuses_xla_scratch_memory():
     plain = _probe(_jax_probe(), "jax")  # no opt-in: glibc's defaults
     assert plain["arenas"] > 1 and plain["tunables"] is None, plain
     assert min(plain["faults"][1:]) > 0.9 * pages, plain  # fresh pages every call
-    opted_out = _probe(_jax_probe("keras_vitbn.runtime.allocator.tune_for_training()"), "jax", KERAS_VITBN_MALLOC="default")
+    opted_out = _probe(
+        _jax_probe("keras_vitbn.runtime.allocator.tune_for_training()"), "jax", KERAS_VITBN_MALLOC="default"
+    )
     assert opted_out["arenas"] > 1 and opted_out["tunables"] is None, opted_out
 
 

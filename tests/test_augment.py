@@ -89,7 +89,9 @@ def test_same_seed_same_images():
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("kwargs", [{"factor": (0.5, 2.0)}, {"factor": (3.0, 2.0)}, {"rate": 1.5}, {"interpolation": "cubic"}])
+@pytest.mark.parametrize(
+    "kwargs", [{"factor": (0.5, 2.0)}, {"factor": (3.0, 2.0)}, {"rate": 1.5}, {"interpolation": "cubic"}]
+)
 def test_zoom_out_validation(kwargs):
     with pytest.raises(ValueError):
         RandomZoomOut(**kwargs)

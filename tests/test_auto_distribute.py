@@ -18,8 +18,17 @@ MANY_CORES = len(os.sched_getaffinity(0)) >= 2
 
 @pytest.mark.parametrize(
     "model, depth, expected",
-    [("vit", 6, True), ("vit_bnffn", 3, True), ("vit_bn", 8, True), ("vit", 2, False), ("vit_bnffn", 1, False),
-     ("dnn", 3, False), ("dnn_bn", 6, False), ("vit", None, False), ("resnet", 6, False)],
+    [
+        ("vit", 6, True),
+        ("vit_bnffn", 3, True),
+        ("vit_bn", 8, True),
+        ("vit", 2, False),
+        ("vit_bnffn", 1, False),
+        ("dnn", 3, False),
+        ("dnn_bn", 6, False),
+        ("vit", None, False),
+        ("resnet", 6, False),
+    ],
 )
 def test_worth_it_follows_the_measurements(model, depth, expected):
     assert auto_distribute.worth_it(model, depth) is expected
@@ -39,8 +48,13 @@ def test_request_cpu_devices_puts_the_flag_first_and_keeps_the_users():
 
 @pytest.mark.parametrize(
     "model, depth, backend, flags",
-    [("vit", 6, "jax", f"{FLAG}=4"), ("dnn", 3, "jax", ""), ("vit", 1, "jax", ""), ("vit", 6, "tensorflow", ""),
-     ("vit", 6, "torch", "")],
+    [
+        ("vit", 6, "jax", f"{FLAG}=4"),
+        ("dnn", 3, "jax", ""),
+        ("vit", 1, "jax", ""),
+        ("vit", 6, "tensorflow", ""),
+        ("vit", 6, "torch", ""),
+    ],
 )
 def test_request_cpu_devices_leaves_other_cases_alone(model, depth, backend, flags):
     env = {"XLA_FLAGS": flags}

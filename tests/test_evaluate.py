@@ -29,8 +29,20 @@ def test_evaluate_idx_test_dir(model_path, mnist_sample_dir, tmp_path, capsys):
 
 
 def test_evaluate_json(model_path, shared_data, capsys):
-    code = main([model_path, "--dataset", "fashion_mnist", "--source", "idx",
-                 "--data-dir", os.path.join(shared_data, "fashion-mnist"), "--test-subset", "200", "--json"])
+    code = main(
+        [
+            model_path,
+            "--dataset",
+            "fashion_mnist",
+            "--source",
+            "idx",
+            "--data-dir",
+            os.path.join(shared_data, "fashion-mnist"),
+            "--test-subset",
+            "200",
+            "--json",
+        ]
+    )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     for protocol in ("clean", "augmented"):

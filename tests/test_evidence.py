@@ -10,20 +10,20 @@ import os
 import numpy as np
 import pytest
 
-from keras_vitbn.experiments import ExperimentConfig, RunRecord, RunSpec, article, budget, cross_backend
-from keras_vitbn.experiments import stats
+from keras_vitbn.experiments import ExperimentConfig, RunRecord, RunSpec, article, budget, cross_backend, stats
 from keras_vitbn.experiments.report import Analysis
 from keras_vitbn.experiments.runner import config_hash, run_experiment
-
 from tests.test_report import HI, LO, history, sweep_config
 
 
 def test_bootstrap_critical_depth_point_interval_and_single_seed():
     # Depth 1: the treatment behind; 2 and 3: clearly ahead. The point estimate is 2 and
     # every resample agrees, because the seeds of each cell never cross.
-    cells = {1: ([0.9, 0.91, 0.92], [0.8, 0.81, 0.82]),
-             2: ([0.8, 0.81, 0.82], [0.9, 0.91, 0.92]),
-             3: ([0.7, 0.71, 0.72], [0.8, 0.81, 0.82])}
+    cells = {
+        1: ([0.9, 0.91, 0.92], [0.8, 0.81, 0.82]),
+        2: ([0.8, 0.81, 0.82], [0.9, 0.91, 0.92]),
+        3: ([0.7, 0.71, 0.72], [0.8, 0.81, 0.82]),
+    }
     boot = stats.bootstrap_critical_depth(cells, n_boot=300)
     assert (boot["point"], boot["low"], boot["high"], boot["p_none"]) == (2, 2, 2, 0.0)
     # Overlapping seeds at depth 2: some resamples put the treatment behind there, so the
@@ -47,9 +47,12 @@ def test_article_rows_compare_drops_and_critical_depth():
     recs = []
     for s, noise in enumerate((0.0, 0.004, -0.004)):
         for d in (3, 4, 5, 6):
-            recs += [_record("vit", d, LO, s, 0.90 + noise), _record("vit", d, HI, s, 0.77 + noise),
-                     _record("vit_bnffn", d, LO, s, 0.92 + noise - (0.05 if d < 6 else 0)),
-                     _record("vit_bnffn", d, HI, s, 0.84 + noise)]
+            recs += [
+                _record("vit", d, LO, s, 0.90 + noise),
+                _record("vit", d, HI, s, 0.77 + noise),
+                _record("vit_bnffn", d, LO, s, 0.92 + noise - (0.05 if d < 6 else 0)),
+                _record("vit_bnffn", d, HI, s, 0.84 + noise),
+            ]
     a = Analysis(sweep_config(depths=(3, 4, 5, 6)), recs)
     rows = {r["anchor"]: r for r in article.article_rows(a)}
     vit, bn = rows["depth 3, ViT, lr 0.003 -> 0.005"], rows["depth 3, ViTBNFFN, lr 0.003 -> 0.005"]
@@ -59,8 +62,9 @@ def test_article_rows_compare_drops_and_critical_depth():
     crit = rows["critical depth at lr 0.003"]
     assert crit["article"] == "6" and crit["bootstrap"]["point"] == 6 and crit["verdict"] == "matches"
     # MLP grids get no ViT anchors.
-    mlp = Analysis(ExperimentConfig(name="m", models=("dnn", "dnn_bn"), depths=(3,),
-                                    learning_rates=(0.01, 0.1), epochs=3), [])
+    mlp = Analysis(
+        ExperimentConfig(name="m", models=("dnn", "dnn_bn"), depths=(3,), learning_rates=(0.01, 0.1), epochs=3), []
+    )
     assert article.article_rows(mlp) == []
 
 
@@ -69,9 +73,11 @@ def test_budget_measures_finished_runs_and_prices_the_rest(tmp_path):
     for depth, seconds in ((1, 100.0), (3, 300.0)):
         run_dir = tmp_path / f"vit-d{depth}"
         run_dir.mkdir()
-        (run_dir / "runner.json").write_text(json.dumps(
-            {"seconds": seconds, "machine": {"cpu": "Test CPU", "cores": 2, "load_start": 1.0},
-             "load_end": 3.0}))
+        (run_dir / "runner.json").write_text(
+            json.dumps(
+                {"seconds": seconds, "machine": {"cpu": "Test CPU", "cores": 2, "load_start": 1.0}, "load_end": 3.0}
+            )
+        )
         recs.append(_record("vit", depth, LO, 0, 0.9, str(run_dir)))
     recs.append(_record("vit", 5, LO, 0, 0.9, status="planned"))  # line through (1,100),(3,300)
     est = budget.estimate(recs)
@@ -79,15 +85,15 @@ def test_budget_measures_finished_runs_and_prices_the_rest(tmp_path):
     assert est["remaining_seconds"] == pytest.approx(500.0)
     assert est["cpus"] == ["Test CPU, 2 cores"] and est["load"] == pytest.approx(2.0)
     # A model with no finished run cannot be priced.
-    assert budget.estimate(recs + [_record("vit_bnffn", 1, LO, 0, 0.9, status="planned")])[
-        "remaining_seconds"] is None
+    assert budget.estimate(recs + [_record("vit_bnffn", 1, LO, 0, 0.9, status="planned")])["remaining_seconds"] is None
 
 
 def _fake_run(runs_dir, model, backend, seed, final):
     run_dir = runs_dir / f"{model}-d6-lr0.005-s{seed}-{backend[:4]}{seed}"
     run_dir.mkdir(parents=True)
-    (run_dir / "runner.json").write_text(json.dumps(
-        {"backend": backend, "spec": {"model": model, "depth": 6, "learning_rate": 0.005, "seed": seed}}))
+    (run_dir / "runner.json").write_text(
+        json.dumps({"backend": backend, "spec": {"model": model, "depth": 6, "learning_rate": 0.005, "seed": seed}})
+    )
     (run_dir / "status.json").write_text(json.dumps({"status": "completed"}))
     (run_dir / "history.jsonl").write_text("\n".join(json.dumps(h) for h in history(final, epochs=3)))
 
@@ -118,8 +124,9 @@ def test_cross_backend_report(tmp_path):
 
 def test_committed_results_are_finished_runs_in_another_checkout(tmp_path):
     """A results folder copied elsewhere, with the data somewhere else, trains nothing again."""
-    cfg = ExperimentConfig(name="demo", depths=(1, 2), seeds=(0,), epochs=1,
-                           source="idx", data_dir=str(tmp_path / "data_a"))
+    cfg = ExperimentConfig(
+        name="demo", depths=(1, 2), seeds=(0,), epochs=1, source="idx", data_dir=str(tmp_path / "data_a")
+    )
     calls = []
 
     def train(config):
@@ -131,13 +138,25 @@ def test_committed_results_are_finished_runs_in_another_checkout(tmp_path):
             f.write(json.dumps({"epoch": 1, "test_aug_accuracy": 0.5}) + "\n")
         return {"status": "completed"}
 
-    first = run_experiment(cfg, str(tmp_path / "a" / "out"), cache_dir=str(tmp_path / "a" / "runs"),
-                           train_fn=train, log=lambda m: None, clear_session=False)
+    first = run_experiment(
+        cfg,
+        str(tmp_path / "a" / "out"),
+        cache_dir=str(tmp_path / "a" / "runs"),
+        train_fn=train,
+        log=lambda m: None,
+        clear_session=False,
+    )
     assert len(calls) == 4 and all(r.status == "completed" for r in first)
     os.rename(tmp_path / "a", tmp_path / "b")  # a clone elsewhere, data elsewhere
     moved = cfg.replace(data_dir=str(tmp_path / "data_b"))
-    again = run_experiment(moved, str(tmp_path / "b" / "out"), cache_dir=str(tmp_path / "b" / "runs"),
-                           train_fn=train, log=lambda m: None, clear_session=False)
+    again = run_experiment(
+        moved,
+        str(tmp_path / "b" / "out"),
+        cache_dir=str(tmp_path / "b" / "runs"),
+        train_fn=train,
+        log=lambda m: None,
+        clear_session=False,
+    )
     assert len(calls) == 4 and all(r.cached for r in again)
     # The data's identity still counts: another dataset is another run.
     d = dict(cfg.train_dict(cfg.runs()[0]))

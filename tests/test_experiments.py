@@ -15,6 +15,7 @@ import pytest
 from keras_vitbn.experiments import ExperimentConfig, config_hash, load_records, run_experiment
 from keras_vitbn.experiments.cli import apply_overrides, build_parser, load_config
 from keras_vitbn.experiments.runner import LOCK_FILE, read_history
+from keras_vitbn.utils.files import read_json
 
 
 @dataclasses.dataclass
@@ -78,19 +79,43 @@ class FakeTrainer:
                 raise RuntimeError("simulated interruption")
             acc = 0.5 + 0.01 * epoch + 0.001 * config.seed + (0.02 if config.model == "vit_bnffn" else 0)
             if self.diverge_lr is not None and config.learning_rate == self.diverge_lr and epoch >= 2:
-                row = dict(epoch=epoch, loss=float("nan"), accuracy=float("nan"),
-                           test_accuracy=float("nan"), test_aug_accuracy=float("nan"))
+                row = dict(
+                    epoch=epoch,
+                    loss=float("nan"),
+                    accuracy=float("nan"),
+                    test_accuracy=float("nan"),
+                    test_aug_accuracy=float("nan"),
+                )
                 self._append(out, row)
                 self._status(out, "diverged", "loss is NaN", epoch)
-                return {"status": "diverged", "reason": "loss is NaN", "output_dir": out,
-                        "history": read_history(out), "epochs_completed": epoch - 1}
-            row = dict(epoch=epoch, loss=1.0 / epoch, accuracy=acc, test_loss=1.0,
-                       test_accuracy=acc, test_aug_loss=1.1, test_aug_accuracy=acc - 0.05,
-                       lr=config.learning_rate, epoch_time=1.0, images_per_sec=100.0)
+                return {
+                    "status": "diverged",
+                    "reason": "loss is NaN",
+                    "output_dir": out,
+                    "history": read_history(out),
+                    "epochs_completed": epoch - 1,
+                }
+            row = dict(
+                epoch=epoch,
+                loss=1.0 / epoch,
+                accuracy=acc,
+                test_loss=1.0,
+                test_accuracy=acc,
+                test_aug_loss=1.1,
+                test_aug_accuracy=acc - 0.05,
+                lr=config.learning_rate,
+                epoch_time=1.0,
+                images_per_sec=100.0,
+            )
             self._append(out, row)
         self._status(out, "completed", None, config.epochs)
-        return {"status": "completed", "reason": None, "output_dir": out,
-                "history": read_history(out), "epochs_completed": config.epochs}
+        return {
+            "status": "completed",
+            "reason": None,
+            "output_dir": out,
+            "history": read_history(out),
+            "epochs_completed": config.epochs,
+        }
 
     @staticmethod
     def _append(out, row):
@@ -104,8 +129,15 @@ class FakeTrainer:
 
 
 def small_config(**kw):
-    base = dict(name="t", models=("vit", "vit_bnffn"), depths=(1, 2), learning_rates=(0.003,),
-                seeds=(0, 1), epochs=3, train_subset=100)
+    base = dict(
+        name="t",
+        models=("vit", "vit_bnffn"),
+        depths=(1, 2),
+        learning_rates=(0.003,),
+        seeds=(0, 1),
+        epochs=3,
+        train_subset=100,
+    )
     base.update(kw)
     return ExperimentConfig(**base)
 
@@ -114,8 +146,12 @@ def run(cfg, tmp_path, trainer, out="exp", **kw):
     kw.setdefault("clear_session", False)  # nothing to clear with the fake trainer; saves ~0.2 s/run
     logs = []
     records = run_experiment(
-        cfg, str(tmp_path / out), train_fn=trainer, config_factory=FakeTrainConfig.from_dict,
-        log=logs.append, **kw,
+        cfg,
+        str(tmp_path / out),
+        train_fn=trainer,
+        config_factory=FakeTrainConfig.from_dict,
+        log=logs.append,
+        **kw,
     )
     return records, logs
 
@@ -152,8 +188,9 @@ def test_each_seed_is_its_own_run(tmp_path):
     # the seed reaches the trainer and its history
     for r in records:
         assert r.history[0]["accuracy"] == pytest.approx(
-            0.51 + 0.001 * r.seed + (0.02 if r.model == "vit_bnffn" else 0))
-        saved = json.load(open(os.path.join(r.run_dir, "config.json")))
+            0.51 + 0.001 * r.seed + (0.02 if r.model == "vit_bnffn" else 0)
+        )
+        saved = read_json(os.path.join(r.run_dir, "config.json"))
         assert saved["seed"] == r.seed and saved["output_dir"] == r.run_dir
 
 
@@ -186,7 +223,7 @@ def test_interrupted_run_is_resumed_not_restarted(tmp_path):
     assert "simulated interruption" in failed.error
     assert len(read_history(failed.run_dir)) == 1
     assert any("FAILED" in line for line in logs)
-    meta = json.load(open(os.path.join(failed.run_dir, "runner.json")))
+    meta = read_json(os.path.join(failed.run_dir, "runner.json"))
     assert meta["status"] == "failed" and "Traceback" in meta["traceback"]
 
     records2, logs2 = run(cfg, tmp_path, trainer)
@@ -255,7 +292,7 @@ def test_results_json_round_trip(tmp_path):
     assert [(r.spec, r.status, r.history, r.run_dir) for r in back] == [
         (r.spec, r.status, r.history, r.run_dir) for r in records
     ]
-    data = json.load(open(tmp_path / "exp" / "results.json"))
+    data = read_json(tmp_path / "exp" / "results.json")
     assert data["backend"] == keras.backend.backend()
 
 
@@ -305,9 +342,24 @@ def test_other_configs_and_quick_mode(shared_data):  # the fashion_mnist preset 
 
 def test_cli_overrides():
     args = build_parser().parse_args(
-        ["--config", "depth_sweep", "--depths", "1,3,5,7", "--seeds", "2", "--epochs", "3",
-         "--train-subset", "4000", "--data", "mnist_offline", "--distribute", "data_parallel",
-         "--lrs", "0.003,0.005"]
+        [
+            "--config",
+            "depth_sweep",
+            "--depths",
+            "1,3,5,7",
+            "--seeds",
+            "2",
+            "--epochs",
+            "3",
+            "--train-subset",
+            "4000",
+            "--data",
+            "mnist_offline",
+            "--distribute",
+            "data_parallel",
+            "--lrs",
+            "0.003,0.005",
+        ]
     )
     cfg, _ = load_config(args.config)
     cfg = apply_overrides(cfg, args)
@@ -334,14 +386,21 @@ def test_cache_survives_a_new_empty_trainer_field(tmp_path):
     cfg = small_config(depths=(1,), seeds=(0,))
     records, _ = run(cfg, tmp_path, FakeTrainer())
     trainer = FakeTrainer()
-    again = run_experiment(cfg, str(tmp_path / "exp"), train_fn=trainer,
-                           config_factory=NewerTrainConfig.from_dict, log=lambda m: None,
-                           clear_session=False)
+    again = run_experiment(
+        cfg,
+        str(tmp_path / "exp"),
+        train_fn=trainer,
+        config_factory=NewerTrainConfig.from_dict,
+        log=lambda m: None,
+        clear_session=False,
+    )
     assert trainer.calls == [] and all(r.cached for r in again)
-    assert config_hash(dict(FakeTrainConfig().to_dict(), distribute_options={}), "jax") == \
-        config_hash(FakeTrainConfig().to_dict(), "jax")
-    assert config_hash(dict(FakeTrainConfig().to_dict(), distribute_options={"x": 1}), "jax") != \
-        config_hash(FakeTrainConfig().to_dict(), "jax")
+    assert config_hash(dict(FakeTrainConfig().to_dict(), distribute_options={}), "jax") == config_hash(
+        FakeTrainConfig().to_dict(), "jax"
+    )
+    assert config_hash(dict(FakeTrainConfig().to_dict(), distribute_options={"x": 1}), "jax") != config_hash(
+        FakeTrainConfig().to_dict(), "jax"
+    )
 
 
 def test_finished_run_under_an_older_hash_is_found(tmp_path):

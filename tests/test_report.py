@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from keras_vitbn.experiments import ExperimentConfig, RunRecord, RunSpec, build_report
-from keras_vitbn.experiments import stats
+from keras_vitbn.experiments import ExperimentConfig, RunRecord, RunSpec, build_report, stats
 
 EPOCHS = 3
 LO, HI = 0.003, 0.005
@@ -37,11 +36,20 @@ def history(final, epochs=EPOCHS, epoch_times=None):
     rows = []
     for e in range(1, epochs + 1):
         aug = final - 0.03 * (epochs - e)
-        rows.append(dict(
-            epoch=e, loss=1.0 / e, accuracy=aug + 0.01, test_loss=0.3, test_accuracy=aug + 0.02,
-            test_aug_loss=0.4, test_aug_accuracy=aug, lr=0.003,
-            epoch_time=(epoch_times or [5.0] * epochs)[e - 1], images_per_sec=1000.0 / e,
-        ))
+        rows.append(
+            dict(
+                epoch=e,
+                loss=1.0 / e,
+                accuracy=aug + 0.01,
+                test_loss=0.3,
+                test_accuracy=aug + 0.02,
+                test_aug_loss=0.4,
+                test_aug_accuracy=aug,
+                lr=0.003,
+                epoch_time=(epoch_times or [5.0] * epochs)[e - 1],
+                images_per_sec=1000.0 / e,
+            )
+        )
     return rows
 
 
@@ -62,9 +70,15 @@ def sweep_records():
 
 
 def sweep_config(**kw):
-    base = dict(name="synthetic_sweep", models=("vit", "vit_bnffn"), depths=tuple(FINALS_LO),
-                learning_rates=(LO, HI), seeds=(0, 1, 2), epochs=EPOCHS,
-                claims=("critical_depth", "lr_robustness"))
+    base = dict(
+        name="synthetic_sweep",
+        models=("vit", "vit_bnffn"),
+        depths=tuple(FINALS_LO),
+        learning_rates=(LO, HI),
+        seeds=(0, 1, 2),
+        epochs=EPOCHS,
+        claims=("critical_depth", "lr_robustness"),
+    )
     base.update(kw)
     return ExperimentConfig(**base)
 
@@ -142,8 +156,7 @@ def test_lr_robustness_per_depth_and_pooled(sweep):
     rob = summary["robustness"]
     cells = []
     for d in FINALS_LO:
-        groups = [finals(d, LO, "vit"), finals(d, HI, "vit"), finals(d, LO, "vit_bnffn"),
-                  finals(d, HI, "vit_bnffn")]
+        groups = [finals(d, LO, "vit"), finals(d, HI, "vit"), finals(d, LO, "vit_bnffn"), finals(d, HI, "vit_bnffn")]
         cells.append(groups)
         diff, lo, hi, p = _welch_by_hand(groups, [1, -1, -1, 1])
         row = rob[str(d)]
@@ -182,9 +195,16 @@ def test_claims_checklist(sweep):
 def test_report_markdown_and_pngs(sweep):
     out, summary = sweep
     text = (out / "report.md").read_text()
-    for heading in ("## Setup", "## The article's claims", "## Final accuracy", "## Critical depth",
-                    "## Learning-rate robustness", "## Learning curves",
-                    "## Time per epoch and throughput", "## Runs"):
+    for heading in (
+        "## Setup",
+        "## The article's claims",
+        "## Final accuracy",
+        "## Critical depth",
+        "## Learning-rate robustness",
+        "## Learning curves",
+        "## Time per epoch and throughput",
+        "## Runs",
+    ):
         assert heading in text
     assert "Welch" in text and "Reproduce: `python -m x`" in text
     a, b = finals(4, LO, "vit"), finals(4, LO, "vit_bnffn")
@@ -210,10 +230,8 @@ def test_report_markdown_and_pngs(sweep):
 
 def test_timing_drops_the_first_epoch(tmp_path):
     times = {0: [30.0, 4.0, 6.0], 1: [20.0, 5.0, 7.0]}
-    recs = [record(m, 1, LO, s, history(0.9, epoch_times=times[s])) for m in ("vit", "vit_bnffn")
-            for s in (0, 1)]
-    summary = build_report(sweep_config(depths=(1,), learning_rates=(LO,), seeds=(0, 1)), recs,
-                           str(tmp_path))
+    recs = [record(m, 1, LO, s, history(0.9, epoch_times=times[s])) for m in ("vit", "vit_bnffn") for s in (0, 1)]
+    summary = build_report(sweep_config(depths=(1,), learning_rates=(LO,), seeds=(0, 1)), recs, str(tmp_path))
     t = summary["timing"]["1"]["vit"]
     assert t["seconds_per_epoch"] == pytest.approx(np.median([4.0, 6.0, 5.0, 7.0]))
     assert t["images_per_sec"] == pytest.approx(np.median([500.0, 1000 / 3] * 2))
@@ -279,13 +297,23 @@ def test_claim_not_supported_and_inconclusive(tmp_path):
 
 
 def test_mlp_report(tmp_path):
-    cfg = ExperimentConfig(name="mlp", models=("dnn", "dnn_bn"), depths=(None,),
-                           learning_rates=(0.01, 0.1), seeds=(0, 1, 2), epochs=EPOCHS,
-                           claims=("bn_mlp_accuracy", "lr_robustness"))
+    cfg = ExperimentConfig(
+        name="mlp",
+        models=("dnn", "dnn_bn"),
+        depths=(None,),
+        learning_rates=(0.01, 0.1),
+        seeds=(0, 1, 2),
+        epochs=EPOCHS,
+        claims=("bn_mlp_accuracy", "lr_robustness"),
+    )
     dnn = {0.01: [0.80, 0.81, 0.82], 0.1: [0.30, 0.45, 0.20]}
     bn = {0.01: [0.90, 0.905, 0.91], 0.1: [0.88, 0.89, 0.885]}
-    recs = [record(m, None, lr, s, history(v[lr][s])) for m, v in (("dnn", dnn), ("dnn_bn", bn))
-            for lr in (0.01, 0.1) for s in range(3)]
+    recs = [
+        record(m, None, lr, s, history(v[lr][s]))
+        for m, v in (("dnn", dnn), ("dnn_bn", bn))
+        for lr in (0.01, 0.1)
+        for s in range(3)
+    ]
     summary = build_report(cfg, recs, str(tmp_path))
     claims = {c["claim"].split(" (")[0]: c["verdict"] for c in summary["claims"]}
     for lr in (0.01, 0.1):

@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 
 import keras_vitbn
-from keras_vitbn.tools.predict import softmax
 from keras_vitbn.serve import create_app, serve_in_thread
 from keras_vitbn.serve.app import Batcher, main
 from keras_vitbn.serve.loadtest import main as loadtest_main
 from keras_vitbn.serve.loadtest import run_load, server_process
+from keras_vitbn.tools.predict import softmax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from browser import Chromium, find_chromium  # noqa: E402
@@ -107,7 +107,9 @@ def test_png_jpeg_data_url_and_raw_body(server):
     assert status == 200 and len(one["top"]) == 3 and one["notes"] == []
     probabilities = [t["probability"] for t in one["top"]]
     assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-6
-    np.testing.assert_allclose(one["top"][0]["probability"], expected_probabilities(predictor, digit / 255.0).max(), atol=2e-5)
+    np.testing.assert_allclose(
+        one["top"][0]["probability"], expected_probabilities(predictor, digit / 255.0).max(), atol=2e-5
+    )
 
     status, data_url = request(url, "POST", "/predict", {"image": "data:image/png;base64," + png_b64(digit)})
     assert status == 200 and data_url["top"] == one["top"]
@@ -135,7 +137,9 @@ def test_batch_equals_single_requests(server):
     _, single_pixels = request(url, "POST", "/predict", {"pixels": pixels})
     for got, want in zip(batch["results"], [single_png, single_png, single_pixels]):
         assert [t["class"] for t in got["top"]] == [t["class"] for t in want["top"]]
-        np.testing.assert_allclose([t["probability"] for t in got["top"]], [t["probability"] for t in want["top"]], atol=2e-5)
+        np.testing.assert_allclose(
+            [t["probability"] for t in got["top"]], [t["probability"] for t in want["top"]], atol=2e-5
+        )
 
 
 def _wide_png():
@@ -155,7 +159,13 @@ BAD_REQUESTS = [
     ("no field", {"top": 3}, "application/json", 400, "exactly one of"),
     ("two fields", {"image": "x", "pixels": [[0]]}, "application/json", 400, "exactly one of"),
     ("not base64", {"image": "%%%"}, "application/json", 400, "not valid base64"),
-    ("not an image", {"image": base64.b64encode(b"hello, not a picture").decode()}, "application/json", 400, "not an image"),
+    (
+        "not an image",
+        {"image": base64.b64encode(b"hello, not a picture").decode()},
+        "application/json",
+        400,
+        "not an image",
+    ),
     ("image not a string", {"image": 7}, "application/json", 400, "base64 string"),
     ("truncated png", {"image": png_b64(np.zeros((28, 28), np.uint8))[:60]}, "application/json", 400, "image"),
     ("tiff", {"image": _tiff()}, "application/json", 415, "TIFF"),
@@ -176,7 +186,9 @@ BAD_REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize("body,content_type,status,message", [r[1:] for r in BAD_REQUESTS], ids=[r[0] for r in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    "body,content_type,status,message", [r[1:] for r in BAD_REQUESTS], ids=[r[0] for r in BAD_REQUESTS]
+)
 def test_bad_requests_get_one_line_json_errors(server, body, content_type, status, message):
     url, _ = server
     got_status, answer = request(url, "POST", "/predict", body, content_type)

@@ -14,8 +14,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from keras_vitbn.tools.convert import convert_checkpoint  # noqa: E402
 from keras_vitbn.data.idx import read_idx  # noqa: E402
+from keras_vitbn.tools.convert import convert_checkpoint  # noqa: E402
 from keras_vitbn.tools.reference.torch_vit import ReferenceViT, architecture_of, load_reference  # noqa: E402
 
 CHECKPOINTS = ("VITBNFFN_d5_15.pth", "FinOptAug1_ViT_30.pth")

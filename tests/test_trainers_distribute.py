@@ -14,8 +14,28 @@ import keras
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--depth", "1", "--dim", "16", "--heads", "2", "--dim-head", "8", "--mlp-dim", "16",
-        "--train-subset", "200", "--test-subset", "100", "--batch-size", "50", "--epochs", "1", "--verbose", "0"]
+TINY = [
+    "--depth",
+    "1",
+    "--dim",
+    "16",
+    "--heads",
+    "2",
+    "--dim-head",
+    "8",
+    "--mlp-dim",
+    "16",
+    "--train-subset",
+    "200",
+    "--test-subset",
+    "100",
+    "--batch-size",
+    "50",
+    "--epochs",
+    "1",
+    "--verbose",
+    "0",
+]
 
 
 def test_trainer_distribute(shared_data, tmp_path):
@@ -26,9 +46,22 @@ def test_trainer_distribute(shared_data, tmp_path):
         env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "trainers", "fashion_mnist.py"), "--data-dir",
-         os.path.join(shared_data, "fashion-mnist"), "--output-dir", str(out), "--distribute", "data_parallel", *TINY],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=420,
+        [
+            sys.executable,
+            os.path.join(ROOT, "trainers", "fashion_mnist.py"),
+            "--data-dir",
+            os.path.join(shared_data, "fashion-mnist"),
+            "--output-dir",
+            str(out),
+            "--distribute",
+            "data_parallel",
+            *TINY,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=420,
     )
     if backend == "torch":
         assert proc.returncode == 2
@@ -52,9 +85,21 @@ def _train(shared_data, out, *flags):
     env.update(KERAS_BACKEND=keras.backend.backend(), PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
     tiny = [*TINY, "--depth", "3"]  # argparse keeps the last --depth: 3 is where the default switches on
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "trainers", "fashion_mnist.py"), "--data-dir",
-         os.path.join(shared_data, "fashion-mnist"), "--output-dir", str(out), *tiny, *flags],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=420,
+        [
+            sys.executable,
+            os.path.join(ROOT, "trainers", "fashion_mnist.py"),
+            "--data-dir",
+            os.path.join(shared_data, "fashion-mnist"),
+            "--output-dir",
+            str(out),
+            *tiny,
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=420,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = json.loads((out / "config.json").read_text())

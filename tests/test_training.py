@@ -39,7 +39,15 @@ def test_run_directory(mnist_sample_dir, tmp_path):
     result = train(tiny_config(mnist_sample_dir, tmp_path / "run", epochs=2), verbose=0)
     out = tmp_path / "run"
     assert result["status"] == "completed" and result["reason"] is None and result["epochs_completed"] == 2
-    for name in ("config.json", "status.json", "history.csv", "history.jsonl", "model_best.keras", "model_last.keras", "curves.png"):
+    for name in (
+        "config.json",
+        "status.json",
+        "history.csv",
+        "history.jsonl",
+        "model_best.keras",
+        "model_last.keras",
+        "curves.png",
+    ):
         assert (out / name).is_file(), name
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any(files for _, _, files in os.walk(out / "tensorboard"))
@@ -104,7 +112,9 @@ def test_same_seed_same_curves(mnist_sample_dir, tmp_path):
 
 
 def test_validation_split_and_other_run_in_same_dir(mnist_sample_dir, tmp_path):
-    config = tiny_config(mnist_sample_dir, tmp_path / "run", validation_split=0.25, schedule="cosine", optimizer="adamw", clipnorm=1.0)
+    config = tiny_config(
+        mnist_sample_dir, tmp_path / "run", validation_split=0.25, schedule="cosine", optimizer="adamw", clipnorm=1.0
+    )
     result = train(config, verbose=0)
     row = result["history"][0]
     assert row["val_accuracy"] is not None and result["best_metric"] == "val_accuracy"
@@ -121,7 +131,7 @@ def test_load_data_and_build_model_for_tuning(mnist_sample_dir, tmp_path):
     model = build_model(config, tuple(provenance["image_shape"]), provenance["num_classes"])
     assert model.output_shape == (None, 10)
     dnn = build_model(TrainConfig(model="dnn_bn", depth=2))
-    assert len([l for l in dnn.layers if isinstance(l, keras.layers.Dense)]) == 3
+    assert len([layer for layer in dnn.layers if isinstance(layer, keras.layers.Dense)]) == 3
 
 
 def test_config_validation():
@@ -147,5 +157,7 @@ def test_mlflow_logging(mnist_sample_dir, tmp_path, monkeypatch):
     assert run.data.params["config.dataset"] == "mnist"
     assert run.data.metrics["test_accuracy"] == pytest.approx(result["final"]["test_accuracy"])
     assert run.data.tags["keras_vitbn.status"] == "completed"
-    artifacts = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "model")}
+    artifacts = {a.path for a in client.list_artifacts(run_id)} | {
+        a.path for a in client.list_artifacts(run_id, "model")
+    }
     assert "curves.png" in artifacts and "model/model_best.keras" in artifacts

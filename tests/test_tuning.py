@@ -71,8 +71,11 @@ def events(trial_dir):
 
 def trial_dirs(output_dir, cell):
     project = os.path.join(output_dir, "kt", cell)
-    return {name[len("trial_"):]: os.path.join(project, name) for name in sorted(os.listdir(project))
-            if name.startswith("trial_")}
+    return {
+        name[len("trial_") :]: os.path.join(project, name)
+        for name in sorted(os.listdir(project))
+        if name.startswith("trial_")
+    }
 
 
 # --------------------------------------------------------------------------- configuration and CLI
@@ -127,8 +130,14 @@ def test_cli_mirrors_the_trainer_flags(shared_data, capsys):
 
 def test_search_two_models_with_a_divergent_lr(tmp_path):
     """Grid search of ViT and ViTBNFFN at depth 1: lr 1e-3 trains, lr 1e30 diverges and fails."""
-    config = SearchConfig(tiny_train(), models=("vit", "vit_bnffn"), depths=(1,), tuner="grid",
-                          lr_grid=(1e-3, 1e30), output_dir=str(tmp_path / "search"))
+    config = SearchConfig(
+        tiny_train(),
+        models=("vit", "vit_bnffn"),
+        depths=(1,),
+        tuner="grid",
+        lr_grid=(1e-3, 1e30),
+        output_dir=str(tmp_path / "search"),
+    )
     summary = search(config, verbose=0)
     out = config.output_dir
 
@@ -177,7 +186,9 @@ def test_search_two_models_with_a_divergent_lr(tmp_path):
     assert recorded["data"]["val_images"] == 50 and recorded["data"]["train_images"] == 150
     # Depth 1 stays on one device on every backend (data parallel did not pay there), and says why.
     assert recorded["devices"] == {
-        cell: "not JAX" if keras.backend.backend() != "jax" else f"{model} at depth 1 is not faster on several CPU devices"
+        cell: "not JAX"
+        if keras.backend.backend() != "jax"
+        else f"{model} at depth 1 is not faster on several CPU devices"
         for cell, model in (("vit_d1", "vit"), ("vit_bnffn_d1", "vit_bnffn"))
     }
 
@@ -197,12 +208,24 @@ def test_search_two_models_with_a_divergent_lr(tmp_path):
 def test_search_cli_trains_deep_vits_on_two_xla_devices_like_the_trainers(tmp_path):
     """The command line asks XLA for 2 CPU devices before JAX starts; a ViT of depth 3 searches data parallel on JAX."""
     out = str(tmp_path / "search")
-    args = [*TINY_FLAGS, "--models", "vit_bnffn", "--depths", "3", "--tuner", "random", "--trials", "1",
-            "--output-dir", out]
+    args = [
+        *TINY_FLAGS,
+        "--models",
+        "vit_bnffn",
+        "--depths",
+        "3",
+        "--tuner",
+        "random",
+        "--trials",
+        "1",
+        "--output-dir",
+        out,
+    ]
     env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
     env.pop("XLA_FLAGS", None)
-    done = subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, SCRIPT, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     with open(os.path.join(out, "search.json")) as f:
         why = json.load(f)["devices"]["vit_bnffn_d3"]
@@ -239,8 +262,14 @@ class InterruptAtFit(keras.callbacks.Callback):
 
 def test_resume_after_interruptions(tmp_path):
     """Bayesian search (the default tuner), interrupted in a cell's second trial, then in a cell's first."""
-    config = SearchConfig(tiny_train(), models=("vit_bnffn",), depths=(1, 2), trials=2, initial_points=1,
-                          output_dir=str(tmp_path / "search"))
+    config = SearchConfig(
+        tiny_train(),
+        models=("vit_bnffn",),
+        depths=(1, 2),
+        trials=2,
+        initial_points=1,
+        output_dir=str(tmp_path / "search"),
+    )
     out = config.output_dir
     with pytest.raises(KeyboardInterrupt):
         search(config, verbose=0, callbacks=[InterruptAtFit(2)])  # in trial 1 of depth 1
@@ -271,8 +300,14 @@ def test_resume_after_interruptions(tmp_path):
 
 
 def _run_script(args, env=None, timeout=300):
-    return subprocess.Popen([sys.executable, SCRIPT, *args], cwd=ROOT, env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, SCRIPT, *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _ledger(out, cell):
@@ -296,8 +331,10 @@ KILL_SEARCHES = {
 }
 
 
-@pytest.mark.parametrize("tuner", ["grid", pytest.param("random", marks=pytest.mark.large),
-                                   pytest.param("bayesian", marks=pytest.mark.large)])
+@pytest.mark.parametrize(
+    "tuner",
+    ["grid", pytest.param("random", marks=pytest.mark.large), pytest.param("bayesian", marks=pytest.mark.large)],
+)
 def test_sigkill_in_a_trial_then_resume_equals_an_uninterrupted_search(tmp_path, tuner):
     """SIGKILL in the middle of trial 1, rerun: the same trials, hyperparameters and metrics as without the kill.
 
@@ -332,8 +369,14 @@ def test_sigkill_in_a_trial_then_resume_equals_an_uninterrupted_search(tmp_path,
     assert not os.path.exists(os.path.join(os.path.dirname(trial_1), "outcome.json"))
     assert not os.path.exists(os.path.join(killed, "results.csv"))
 
-    done = subprocess.run([sys.executable, SCRIPT, *flags, "--output-dir", killed], cwd=ROOT,
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(
+        [sys.executable, SCRIPT, *flags, "--output-dir", killed],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     # No trial lost, none added, none but the interrupted one trained twice.
@@ -385,8 +428,13 @@ def run_distributed(out, search_flags, workers=("tuner0", "tuner1"), timeout=900
     procs = {}
     try:
         for tuner_id in ("chief", *workers) if chief else workers:
-            env = {"KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": "127.0.0.1",
-                   "KERASTUNER_ORACLE_PORT": port, "KERAS_BACKEND": keras.backend.backend(), TOKEN_ENV: TOKEN}
+            env = {
+                "KERASTUNER_TUNER_ID": tuner_id,
+                "KERASTUNER_ORACLE_IP": "127.0.0.1",
+                "KERASTUNER_ORACLE_PORT": port,
+                "KERAS_BACKEND": keras.backend.backend(),
+                TOKEN_ENV: TOKEN,
+            }
             procs[tuner_id] = _run_script(args, env)
         deadline = time.time() + timeout
         outputs = {}
@@ -439,9 +487,12 @@ def test_distributed_chief_and_two_workers(tmp_path):
     flags = ["--models", "vit_bnffn", "--depths", "1", "2", "--tuner", "random", "--trials", "2"]
     outputs = run_distributed(out, flags)
     check_distributed(out, outputs, ["vit_bnffn_d1", "vit_bnffn_d2"], 2)
+
     # A worker that comes after the chief has finished stops at once (it used to wait --chief-timeout and fail).
     def trial_events():
-        return {cell: {t: events(d) for t, d in trial_dirs(out, cell).items()} for cell in ("vit_bnffn_d1", "vit_bnffn_d2")}
+        return {
+            cell: {t: events(d) for t, d in trial_dirs(out, cell).items()} for cell in ("vit_bnffn_d1", "vit_bnffn_d2")
+        }
 
     trials_before = trial_events()
     start = time.time()
@@ -459,8 +510,7 @@ def test_a_worker_never_trains_another_cells_trial(tmp_path, monkeypatch):
     depth-2 tuner must then run it (in process: the chief's server in a thread).
     """
     out = str(tmp_path / "search")
-    config = SearchConfig(tiny_train(), models=("vit_bnffn",), depths=(1, 2), tuner="random", trials=1,
-                          output_dir=out)
+    config = SearchConfig(tiny_train(), models=("vit_bnffn",), depths=(1, 2), tuner="random", trials=1, output_dir=out)
     train_ds, val_ds, _, _, provenance = load_data(config.train)
     fit_kwargs = {"validation_data": val_ds, "epochs": 1, "verbose": 0}
     monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
@@ -499,7 +549,10 @@ def test_distributed_bayesian_both_models(tmp_path):
 
 
 def test_the_chief_answers_only_workers_with_the_token(tmp_path, monkeypatch):
-    """A real chief on 127.0.0.1: no token or a wrong one is refused (no trial claimed, no result faked); the token works."""
+    """A real chief on 127.0.0.1: no token or a wrong one is refused (no trial claimed, no result faked).
+
+    The token works.
+    """
     import grpc
     from keras_tuner.src import protos
 
@@ -548,12 +601,15 @@ def test_the_chief_answers_only_workers_with_the_token(tmp_path, monkeypatch):
     assert [(e["trial_id"], e["metrics"]) for e in _ledger(out, "vit_d1")] == [("0", {"val_accuracy": 0.25})]
 
 
-@pytest.mark.parametrize(("env", "message"), [
-    ({TOKEN_ENV: ""}, f"needs the same secret of at least 16 characters in {TOKEN_ENV}"),
-    ({TOKEN_ENV: "short"}, "it is shorter"),
-    ({"KERASTUNER_ORACLE_IP": "0.0.0.0"}, "listen on every network interface"),
-    ({"KERASTUNER_ORACLE_IP": "::"}, "pass --allow-all-interfaces"),
-])
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({TOKEN_ENV: ""}, f"needs the same secret of at least 16 characters in {TOKEN_ENV}"),
+        ({TOKEN_ENV: "short"}, "it is shorter"),
+        ({"KERASTUNER_ORACLE_IP": "0.0.0.0"}, "listen on every network interface"),
+        ({"KERASTUNER_ORACLE_IP": "::"}, "pass --allow-all-interfaces"),
+    ],
+)
 def test_a_chief_without_a_token_or_on_every_interface_is_refused(tmp_path, monkeypatch, capsys, env, message):
     """Before it writes or loads anything: one line, exit status 2."""
     out = tmp_path / "search"

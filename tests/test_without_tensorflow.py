@@ -44,9 +44,18 @@ print("tensorflow modules:", sorted(m for m in sys.modules if m.split(".")[0] ==
 
 @pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="the TensorFlow backend needs TensorFlow")
 def test_models_fit_and_save_without_tensorflow(tmp_path):
-    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(),
-           "PYTHONPATH": os.pathsep.join([HIDE_TENSORFLOW, ROOT])}
-    result = subprocess.run([sys.executable, "-c", CODE, str(tmp_path)], env=env, capture_output=True, text=True,
-                            timeout=600, cwd=str(tmp_path))
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": keras.backend.backend(),
+        "PYTHONPATH": os.pathsep.join([HIDE_TENSORFLOW, ROOT]),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", CODE, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "tensorflow modules: []" in result.stdout

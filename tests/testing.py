@@ -39,7 +39,9 @@ def gradients(fn, inputs, xla=False):
     if backend == "jax":
         import jax
 
-        total = lambda *xs: fn(*xs).sum()
+        def total(*xs):
+            return fn(*xs).sum()
+
         return [np.asarray(g) for g in jax.jit(jax.grad(total, argnums=tuple(range(len(inputs)))))(*inputs)]
     import torch
 
@@ -102,8 +104,9 @@ def run_layer_test(
     revived = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(revived) is layer_cls and revived.get_config() == config, "serialize/deserialize changed the layer"
 
-    assert_built_state(layer_cls(**init_kwargs), input_shape, expected_num_trainable_weights,
-                       expected_num_non_trainable_weights)
+    assert_built_state(
+        layer_cls(**init_kwargs), input_shape, expected_num_trainable_weights, expected_num_non_trainable_weights
+    )
 
     symbolic = layer(keras.KerasTensor((None, *input_shape[1:])))
     assert tuple(symbolic.shape) == (None, *expected_output_shape[1:])
@@ -148,11 +151,16 @@ def assert_precision(layer_cls, init_kwargs, policy, x, reference):
     for weight in layer.weights:
         assert keras.backend.standardize_dtype(weight.dtype) == policy.variable_dtype, (policy.name, weight.path)
     for sub in layer._flatten_layers(include_self=False):
-        assert sub.dtype_policy.name == policy.name, f"sublayer {sub.name} runs {sub.dtype_policy.name}, not {policy.name}"
+        assert sub.dtype_policy.name == policy.name, (
+            f"sublayer {sub.name} runs {sub.dtype_policy.name}, not {policy.name}"
+        )
     tolerance = 1e-5 if policy.compute_dtype == "float32" else 0.1  # bfloat16 keeps 8 bits
     np.testing.assert_allclose(
-        _as_numpy(keras.ops.cast(out, "float32")), _as_numpy(_copy_weights(reference, layer)(x)),
-        rtol=tolerance, atol=tolerance, err_msg=policy.name,
+        _as_numpy(keras.ops.cast(out, "float32")),
+        _as_numpy(_copy_weights(reference, layer)(x)),
+        rtol=tolerance,
+        atol=tolerance,
+        err_msg=policy.name,
     )
 
 
@@ -166,8 +174,6 @@ def _copy_weights(source, target):
 def run_in_backend(backend, code, timeout=240):
     """Runs Python `code` in a fresh interpreter on `backend`; returns its stdout."""
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout
-    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{backend} subprocess failed:\n{result.stderr[-3000:]}"
     return result.stdout

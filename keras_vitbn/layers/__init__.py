@@ -7,4 +7,13 @@ from keras_vitbn.layers.feed_forward import FFN_NORMS, FeedForward
 from keras_vitbn.layers.patch_embedding import PatchEmbedding
 from keras_vitbn.layers.pooling import TokenPooling
 
-__all__ = ["AttentionBlock", "CONV_NORMS", "LocalResponseNorm", "Encoder", "FFN_NORMS", "FeedForward", "PatchEmbedding", "TokenPooling"]
+__all__ = [
+    "AttentionBlock",
+    "CONV_NORMS",
+    "LocalResponseNorm",
+    "Encoder",
+    "FFN_NORMS",
+    "FeedForward",
+    "PatchEmbedding",
+    "TokenPooling",
+]

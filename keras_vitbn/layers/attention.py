@@ -55,7 +55,9 @@ class AttentionBlock(keras.layers.Layer):
             raise ValueError(f"AttentionBlock(dim={self.dim}) got tokens of width {input_shape[-1]}")
         self.pre_norm = make_norm(self.norm, layer_name="norm", dtype=self.dtype_policy)
         self.pre_norm.build(input_shape)
-        self.qkv = torch_dense(3 * self.inner_dim, self.dim, use_bias=self.qkv_bias, name="qkv", dtype=self.dtype_policy)
+        self.qkv = torch_dense(
+            3 * self.inner_dim, self.dim, use_bias=self.qkv_bias, name="qkv", dtype=self.dtype_policy
+        )
         self.qkv.build(input_shape)
         self.out = torch_dense(self.dim, self.inner_dim, name="out", dtype=self.dtype_policy)
         self.out.build((*input_shape[:-1], self.inner_dim))
@@ -79,7 +81,11 @@ class AttentionBlock(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            dim=self.dim, heads=self.heads, dim_head=self.dim_head, norm=self.norm, dropout=self.dropout,
+            dim=self.dim,
+            heads=self.heads,
+            dim_head=self.dim_head,
+            norm=self.norm,
+            dropout=self.dropout,
             qkv_bias=self.qkv_bias,
         )
         return config

@@ -64,13 +64,23 @@ class Encoder(keras.layers.Layer):
         self.attention_blocks, self.ffn_blocks = [], []
         for i in range(self.depth):
             attention = AttentionBlock(
-                self.dim, self.heads, self.dim_head, norm=self.norm, dropout=self.dropout,
-                qkv_bias=self.qkv_bias, name=f"block{i}_attention", dtype=dtype,
+                self.dim,
+                self.heads,
+                self.dim_head,
+                norm=self.norm,
+                dropout=self.dropout,
+                qkv_bias=self.qkv_bias,
+                name=f"block{i}_attention",
+                dtype=dtype,
             )
             attention.build(input_shape)
             ffn = FeedForward(
-                self.dim, self.mlp_dim, norm=self.ffn_norm, dropout=self.dropout,
-                name=f"block{i}_ffn", dtype=dtype,
+                self.dim,
+                self.mlp_dim,
+                norm=self.ffn_norm,
+                dropout=self.dropout,
+                name=f"block{i}_ffn",
+                dtype=dtype,
             )
             ffn.build(input_shape)
             self.attention_blocks.append(attention)

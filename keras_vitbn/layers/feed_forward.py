@@ -1,7 +1,7 @@
 import keras
 
-from keras_vitbn.layers.initializers import torch_dense
 from keras_vitbn.layers.identity import call_unless_identity, dropout_or_identity
+from keras_vitbn.layers.initializers import torch_dense
 from keras_vitbn.layers.norms import make_norm
 from keras_vitbn.layers.validation import check_choice, check_positive, check_rate
 

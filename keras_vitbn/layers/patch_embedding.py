@@ -1,8 +1,8 @@
 import keras
 from keras import ops
 
-from keras_vitbn.layers.initializers import torch_dense
 from keras_vitbn.layers.identity import call_unless_identity, dropout_or_identity
+from keras_vitbn.layers.initializers import torch_dense
 from keras_vitbn.layers.norms import check_norm, make_norm
 from keras_vitbn.layers.validation import check_choice, check_positive, check_rate, image_hw
 
@@ -58,9 +58,7 @@ class PatchEmbedding(keras.layers.Layer):
         height, width = image_hw(image_size)
         check_positive(patch_size=patch_size, dim=dim, channels=channels)
         if height % patch_size or width % patch_size:
-            raise ValueError(
-                f"image size {height}x{width} is not divisible by patch size {patch_size}"
-            )
+            raise ValueError(f"image size {height}x{width} is not divisible by patch size {patch_size}")
         check_norm(norm)
         check_choice(pos_embedding, "pos_embedding", POSITION_EMBEDDINGS)
         check_rate(dropout=dropout)

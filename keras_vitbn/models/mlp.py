@@ -1,9 +1,9 @@
 import keras
 
-from keras_vitbn.models.base import ArgumentsConfigModel
 from keras_vitbn.layers.initializers import torch_dense
 from keras_vitbn.layers.norms import make_norm
 from keras_vitbn.layers.validation import check_positive, image_hw
+from keras_vitbn.models.base import ArgumentsConfigModel
 
 
 @keras.saving.register_keras_serializable(package="keras_vitbn")
@@ -30,7 +30,9 @@ class DNN(ArgumentsConfigModel):
     ):
         height, width = image_hw(image_size)
         hidden_units = [int(u) for u in hidden_units]
-        check_positive(channels=channels, num_classes=num_classes, **{f"hidden_units[{i}]": u for i, u in enumerate(hidden_units)})
+        check_positive(
+            channels=channels, num_classes=num_classes, **{f"hidden_units[{i}]": u for i, u in enumerate(hidden_units)}
+        )
         dtype = kwargs.get("dtype")
         inputs = keras.Input((height, width, channels), name="images")
         x = keras.layers.Flatten(name="flatten", dtype=dtype)(inputs)

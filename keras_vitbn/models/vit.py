@@ -1,9 +1,9 @@
 import keras
 
-from keras_vitbn.models.base import ArgumentsConfigModel
 from keras_vitbn.layers import Encoder, PatchEmbedding, TokenPooling
 from keras_vitbn.layers.initializers import torch_dense
 from keras_vitbn.layers.validation import check_positive, image_hw
+from keras_vitbn.models.base import ArgumentsConfigModel
 
 
 @keras.saving.register_keras_serializable(package="keras_vitbn")
@@ -70,12 +70,28 @@ class ViT(ArgumentsConfigModel):
         dtype = kwargs.get("dtype")
         inputs = keras.Input((height, width, channels), name="images")
         x = PatchEmbedding(
-            image_size, patch_size, dim, channels=channels, norm=norm if patch_norm is None else patch_norm,
-            pos_embedding=pos_embedding, dropout=emb_dropout, name="patch_embedding", dtype=dtype,
+            image_size,
+            patch_size,
+            dim,
+            channels=channels,
+            norm=norm if patch_norm is None else patch_norm,
+            pos_embedding=pos_embedding,
+            dropout=emb_dropout,
+            name="patch_embedding",
+            dtype=dtype,
         )(inputs)
         x = Encoder(
-            dim, depth, heads=heads, dim_head=dim_head, mlp_dim=mlp_dim, norm=norm,
-            ffn_norm=ffn_norm, dropout=dropout, qkv_bias=qkv_bias, name="encoder", dtype=dtype,
+            dim,
+            depth,
+            heads=heads,
+            dim_head=dim_head,
+            mlp_dim=mlp_dim,
+            norm=norm,
+            ffn_norm=ffn_norm,
+            dropout=dropout,
+            qkv_bias=qkv_bias,
+            name="encoder",
+            dtype=dtype,
         )(x)
         x = TokenPooling(pool, name="pool", dtype=dtype)(x)
         outputs = torch_dense(num_classes, dim, name="head", dtype=dtype)(x)

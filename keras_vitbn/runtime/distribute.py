@@ -132,9 +132,7 @@ class DistributeContext:
     sync_batchnorm: bool = True
     batchnorm_statistics: str = "global batch (single device)"
     strategy: object = dataclasses.field(default=None, repr=False)
-    _synchronized_layers: list = dataclasses.field(
-        default_factory=list, repr=False
-    )
+    _synchronized_layers: list = dataclasses.field(default_factory=list, repr=False)
 
     @property
     def is_chief(self):
@@ -168,11 +166,7 @@ class DistributeContext:
         Returns:
             int: the number of BatchNormalization layers switched.
         """
-        if not (
-            self.backend == "tensorflow"
-            and self.sync_batchnorm
-            and self.num_replicas > 1
-        ):
+        if not (self.backend == "tensorflow" and self.sync_batchnorm and self.num_replicas > 1):
             return 0
         count = 0
         # `_flatten_layers` is how Keras itself walks nested layers.
@@ -207,10 +201,7 @@ class DistributeContext:
 
     def describe(self):
         """One line for logs: mode, replicas, batch and BatchNorm semantics."""
-        where = (
-            f"{self.num_replicas} replica(s) in {self.num_processes} "
-            f"process(es), this is process {self.process_id}"
-        )
+        where = f"{self.num_replicas} replica(s) in {self.num_processes} process(es), this is process {self.process_id}"
         return (
             f"distribute={self.mode} on {self.backend}: {where}; batch size "
             "is global (split across replicas), learning rate not rescaled; "
@@ -241,10 +232,7 @@ def _env_int(name):
 def _check_mode(mode):
     mode = "none" if mode is None else str(mode).lower().replace("-", "_")
     if mode not in MODES:
-        raise ValueError(
-            f"unknown distribute mode {mode!r}; expected one of "
-            f"{', '.join(MODES)}"
-        )
+        raise ValueError(f"unknown distribute mode {mode!r}; expected one of {', '.join(MODES)}")
     return mode
 
 
@@ -297,12 +285,9 @@ def distribution_scope(
     mode = _check_mode(mode)
     backend = keras.backend.backend()
     sync_batchnorm = bool(sync_batchnorm)
-    if mode != "multi_worker" and any(
-        v is not None for v in (coordinator_address, num_processes, process_id)
-    ):
+    if mode != "multi_worker" and any(v is not None for v in (coordinator_address, num_processes, process_id)):
         raise ValueError(
-            "coordinator_address, num_processes and process_id are for "
-            f"distribute='multi_worker', not {mode!r}"
+            f"coordinator_address, num_processes and process_id are for distribute='multi_worker', not {mode!r}"
         )
     if mode == "none":
         yield DistributeContext(mode=mode, sync_batchnorm=sync_batchnorm)
@@ -310,17 +295,13 @@ def distribution_scope(
     if backend == "torch":
         raise NotImplementedError(TORCH_MESSAGE.format(mode=mode))
     if mode == "multi_worker":
-        coordinator_address = coordinator_address or os.environ.get(
-            ENV_COORDINATOR_ADDRESS
-        )
+        coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR_ADDRESS)
         if num_processes is None:
             num_processes = _env_int(ENV_NUM_PROCESSES)
         if process_id is None:
             process_id = _env_int(ENV_PROCESS_ID)
     if backend == "jax":
-        ctx = _jax_context(
-            mode, sync_batchnorm, coordinator_address, num_processes, process_id
-        )
+        ctx = _jax_context(mode, sync_batchnorm, coordinator_address, num_processes, process_id)
         with ctx.strategy.scope():
             yield ctx
     elif backend == "tensorflow":
@@ -331,13 +312,10 @@ def distribution_scope(
         finally:
             ctx._restore()
     else:
-        raise NotImplementedError(
-            f"--distribute {mode} is not implemented for backend {backend!r}"
-        )
+        raise NotImplementedError(f"--distribute {mode} is not implemented for backend {backend!r}")
 
 
-def _jax_context(mode, sync_batchnorm, coordinator_address, num_processes,
-                 process_id):
+def _jax_context(mode, sync_batchnorm, coordinator_address, num_processes, process_id):
     global _JAX_INITIALIZED
     import jax
 
@@ -379,8 +357,7 @@ def _jax_context(mode, sync_batchnorm, coordinator_address, num_processes,
         process_id=jax.process_index(),
         sync_batchnorm=True,
         batchnorm_statistics=(
-            f"synchronised: mean and variance over the global batch, reduced "
-            f"by XLA across {len(devices)} device(s)"
+            f"synchronised: mean and variance over the global batch, reduced by XLA across {len(devices)} device(s)"
         ),
         strategy=distribution,
     )
@@ -398,17 +375,10 @@ def _tf_context(mode, sync_batchnorm):
             _TF_STRATEGIES[key] = tf.distribute.MirroredStrategy(devices=devices)
         strategy = _TF_STRATEGIES[key]
     else:
-        raise NotImplementedError(
-            TF_MULTI_WORKER_MESSAGE.format(
-                keras=keras.__version__, tf=tf.__version__
-            )
-        )
+        raise NotImplementedError(TF_MULTI_WORKER_MESSAGE.format(keras=keras.__version__, tf=tf.__version__))
     replicas = strategy.num_replicas_in_sync
     if sync_batchnorm or replicas == 1:
-        statistics = (
-            f"synchronised: mean and variance over the global batch, "
-            f"all-reduced across {replicas} replica(s)"
-        )
+        statistics = f"synchronised: mean and variance over the global batch, all-reduced across {replicas} replica(s)"
     else:
         statistics = (
             f"per replica: each of {replicas} replicas normalises with the "
@@ -465,22 +435,19 @@ def add_distribute_args(parser):
     group.add_argument(
         "--coordinator-address",
         default=None,
-        help=f"multi_worker on JAX: host:port of process 0 "
-        f"(default ${ENV_COORDINATOR_ADDRESS})",
+        help=f"multi_worker on JAX: host:port of process 0 (default ${ENV_COORDINATOR_ADDRESS})",
     )
     group.add_argument(
         "--num-processes",
         type=int,
         default=None,
-        help=f"multi_worker on JAX: number of processes "
-        f"(default ${ENV_NUM_PROCESSES})",
+        help=f"multi_worker on JAX: number of processes (default ${ENV_NUM_PROCESSES})",
     )
     group.add_argument(
         "--process-id",
         type=int,
         default=None,
-        help=f"multi_worker on JAX: index of this process, 0 = coordinator "
-        f"(default ${ENV_PROCESS_ID})",
+        help=f"multi_worker on JAX: index of this process, 0 = coordinator (default ${ENV_PROCESS_ID})",
     )
     return group
 

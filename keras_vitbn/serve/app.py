@@ -23,13 +23,21 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from keras_vitbn.tools.predict import CLASS_NAMES, InputError, class_names_for, input_spec, load_image, load_model, softmax
+from keras_vitbn.tools.predict import (
+    CLASS_NAMES,
+    InputError,
+    class_names_for,
+    input_spec,
+    load_image,
+    load_model,
+    softmax,
+)
 
 DEFAULT_LIMITS = {
     "max_request_bytes": 8 * 1024 * 1024,  # the whole request body, checked before it is read
-    "max_image_bytes": 4 * 1024 * 1024,    # one decoded (not base64) image file
-    "max_image_side": 2048,                # pixels per side, read from the image header before decoding
-    "max_images": 64,                      # images in one request
+    "max_image_bytes": 4 * 1024 * 1024,  # one decoded (not base64) image file
+    "max_image_side": 2048,  # pixels per side, read from the image header before decoding
+    "max_images": 64,  # images in one request
 }
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
 REQUEST_FIELDS = ("image", "pixels", "images", "top", "invert")
@@ -124,7 +132,7 @@ class Predictor:
 
         out = []
         for start in range(0, len(x), self.max_batch):
-            chunk = x[start:start + self.max_batch]
+            chunk = x[start : start + self.max_batch]
             size = next(b for b in self.buckets if b >= len(chunk))
             padded = np.zeros((size, *chunk.shape[1:]), np.float32)
             padded[: len(chunk)] = chunk  # zeros pad: inference-mode BatchNorm does not mix images
@@ -230,7 +238,7 @@ def parse_request(predictor, body, content_type, query):
         except (ValueError, UnicodeDecodeError) as error:
             raise ApiError(400, f"the body is not valid JSON ({str(error).splitlines()[0]})") from None
         if not isinstance(request, dict):
-            raise ApiError(400, "the body must be a JSON object such as {\"image\": \"<base64 PNG>\"}")
+            raise ApiError(400, 'the body must be a JSON object such as {"image": "<base64 PNG>"}')
         unknown = sorted(set(request) - set(REQUEST_FIELDS))
         if unknown:
             raise ApiError(400, f"unknown field {unknown[0]!r}; the fields are {', '.join(REQUEST_FIELDS)}")
@@ -247,7 +255,7 @@ def parse_request(predictor, body, content_type, query):
     top = request.get("top", 3)
     try:
         top = int(top)
-        if isinstance(request.get("top"), bool) or isinstance(request.get("top"), float):
+        if isinstance(request.get("top"), (bool, float)):
             raise ValueError
     except (TypeError, ValueError):
         raise ApiError(400, f"top must be a whole number, got {request.get('top')!r}") from None
@@ -314,7 +322,7 @@ class Batcher:
             start = 0
             for x, future in items:
                 if not future.done():
-                    future.set_result(probabilities[start:start + len(x)])
+                    future.set_result(probabilities[start : start + len(x)])
                 start += len(x)
 
 
@@ -447,11 +455,17 @@ def main(argv=None):
     parser.add_argument("model", help="a .keras file written by a trainer")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default %(default)s; 0 picks a free one)")
-    parser.add_argument("--allow-remote", action="store_true",
-                        help="allow a non-loopback --host such as 0.0.0.0 (the server has no authentication)")
-    parser.add_argument("--class-names", default=None,
-                        help=f"a dataset ({', '.join(CLASS_NAMES)}) or comma-separated names "
-                             "(default: from the run's config.json, else indices)")
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback --host such as 0.0.0.0 (the server has no authentication)",
+    )
+    parser.add_argument(
+        "--class-names",
+        default=None,
+        help=f"a dataset ({', '.join(CLASS_NAMES)}) or comma-separated names "
+        "(default: from the run's config.json, else indices)",
+    )
     parser.add_argument("--max-batch", type=int, default=32, help="most images per forward pass (default %(default)s)")
     parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_LIMITS["max_request_bytes"])
     parser.add_argument("--max-image-side", type=int, default=DEFAULT_LIMITS["max_image_side"])
@@ -459,8 +473,11 @@ def main(argv=None):
     parser.add_argument("--access-log", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     if args.host not in LOOPBACK and not args.allow_remote:
-        print(f"error: refusing to bind {args.host}: the server has no authentication and would be reachable "
-              "from other machines; pass --allow-remote if that is what you want", file=sys.stderr)
+        print(
+            f"error: refusing to bind {args.host}: the server has no authentication and would be reachable "
+            "from other machines; pass --allow-remote if that is what you want",
+            file=sys.stderr,
+        )
         return 2
     try:
         _require_serving()
@@ -471,14 +488,23 @@ def main(argv=None):
             names = CLASS_NAMES[names]
         elif names:
             names = [n.strip() for n in names.split(",")]
-        limits = {"max_request_bytes": args.max_request_bytes, "max_image_side": args.max_image_side,
-                  "max_images": args.max_images}
-        print(f"loading {args.model} and compiling batch shapes up to {args.max_batch} ...", file=sys.stderr, flush=True)
+        limits = {
+            "max_request_bytes": args.max_request_bytes,
+            "max_image_side": args.max_image_side,
+            "max_images": args.max_images,
+        }
+        print(
+            f"loading {args.model} and compiling batch shapes up to {args.max_batch} ...", file=sys.stderr, flush=True
+        )
         app = create_app(args.model, names, max_batch=args.max_batch, limits=limits)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     info = app.state.predictor.info()
-    print(f"{info['architecture']} on {info['backend']}, classes {', '.join(info['classes'])}", file=sys.stderr, flush=True)
+    print(
+        f"{info['architecture']} on {info['backend']}, classes {', '.join(info['classes'])}",
+        file=sys.stderr,
+        flush=True,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=args.access_log)
     return 0

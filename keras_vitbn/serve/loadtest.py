@@ -32,8 +32,25 @@ import numpy as np
 
 DEFAULT_OUT = os.path.join("results", "benchmarks", "serve_load.csv")
 COLUMNS = (
-    "date", "time_utc", "cpu", "cpu_count", "code_commit", "command", "backend", "model", "requests", "clients",
-    "images_per_request", "errors", "seconds", "requests_per_s", "p50_ms", "p95_ms", "max_ms", "forward_passes", "note",
+    "date",
+    "time_utc",
+    "cpu",
+    "cpu_count",
+    "code_commit",
+    "command",
+    "backend",
+    "model",
+    "requests",
+    "clients",
+    "images_per_request",
+    "errors",
+    "seconds",
+    "requests_per_s",
+    "p50_ms",
+    "p95_ms",
+    "max_ms",
+    "forward_passes",
+    "note",
 )
 
 
@@ -91,8 +108,10 @@ def run_load(url, requests=400, clients=8, images_per_request=1, timeout=60):
                 response = connection.getresponse()
                 answer = json.loads(response.read())
                 results = answer.get("results", [answer])
-                ok = response.status == 200 and len(results) == images_per_request and all(
-                    len(r.get("top", [])) == min(3, len(before["classes"])) for r in results
+                ok = (
+                    response.status == 200
+                    and len(results) == images_per_request
+                    and all(len(r.get("top", [])) == min(3, len(before["classes"])) for r in results)
                 )
                 error = None if ok else f"HTTP {response.status}: {str(answer)[:200]}"
             except (OSError, http.client.HTTPException, ValueError) as failure:
@@ -116,10 +135,17 @@ def run_load(url, requests=400, clients=8, images_per_request=1, timeout=60):
     after = _get_json(url, "/health")
     milliseconds = np.asarray(latencies) * 1000.0
     return {
-        "backend": after["backend"], "model": after["model"], "requests": requests, "clients": clients,
-        "images_per_request": images_per_request, "errors": len(errors), "first_errors": errors[:3],
-        "seconds": seconds, "requests_per_s": requests / seconds,
-        "p50_ms": float(np.percentile(milliseconds, 50)), "p95_ms": float(np.percentile(milliseconds, 95)),
+        "backend": after["backend"],
+        "model": after["model"],
+        "requests": requests,
+        "clients": clients,
+        "images_per_request": images_per_request,
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "seconds": seconds,
+        "requests_per_s": requests / seconds,
+        "p50_ms": float(np.percentile(milliseconds, 50)),
+        "p95_ms": float(np.percentile(milliseconds, 95)),
         "max_ms": float(milliseconds.max()),
         "forward_passes": after["forward_passes"] - before["forward_passes"],
     }
@@ -132,8 +158,13 @@ def append_row(path, figures, command, note=""):
 
     now = datetime.datetime.now(datetime.timezone.utc)
     row = {
-        "date": now.strftime("%Y-%m-%d"), "time_utc": now.strftime("%H:%M"), "cpu": cpu_id(),
-        "cpu_count": os.cpu_count(), "code_commit": _code_commit(), "command": command, "note": note,
+        "date": now.strftime("%Y-%m-%d"),
+        "time_utc": now.strftime("%H:%M"),
+        "cpu": cpu_id(),
+        "cpu_count": os.cpu_count(),
+        "code_commit": _code_commit(),
+        "command": command,
+        "note": note,
         **{k: figures[k] for k in COLUMNS if k in figures},
     }
     for key in ("seconds", "requests_per_s", "p50_ms", "p95_ms", "max_ms"):
@@ -176,7 +207,9 @@ class server_process:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m keras_vitbn.serve.loadtest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m keras_vitbn.serve.loadtest",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", nargs="?", help="a .keras file to serve (not needed with --url)")
     parser.add_argument("--url", help="a server that is already running, e.g. http://127.0.0.1:8000")
@@ -209,7 +242,9 @@ def main(argv=None):
     for error in figures["first_errors"]:
         print(f"error: {error}", file=sys.stderr)
     if args.out:
-        command = shlex.join(["python", "-m", "keras_vitbn.serve.loadtest", *(argv if argv is not None else sys.argv[1:])])
+        command = shlex.join(
+            ["python", "-m", "keras_vitbn.serve.loadtest", *(argv if argv is not None else sys.argv[1:])]
+        )
         append_row(args.out, figures, command, args.note)
         print(f"appended to {args.out}")
     return 1 if figures["errors"] else 0

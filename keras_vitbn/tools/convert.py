@@ -16,7 +16,6 @@ import sys
 
 from keras_vitbn.utils.cli_errors import ArgumentParser, command
 
-
 # Reference key names per part; the two published checkpoints name a few parts differently.
 QKV_KEYS = ("to_qkv.weight", "patch_emb.weight")
 OUT_KEYS = ("to_out.0", "out_proj.0")

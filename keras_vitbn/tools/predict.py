@@ -35,8 +35,16 @@ CLASS_NAMES = {
     "mnist": [str(i) for i in range(10)],
     "kmnist": ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"],
     "fashion_mnist": [
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
     ],
     "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
 }
@@ -62,7 +70,8 @@ def load_model(path):
         model = keras.saving.load_model(path, compile=False)
     except Exception as error:  # zip, JSON, h5 and config errors alike
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"cannot load model {path}: not a valid .keras model ({type(error).__name__}: {first[:200]})")
+        kind = type(error).__name__
+        raise InputError(f"cannot load model {path}: not a valid .keras model ({kind}: {first[:200]})") from error
     return model
 
 
@@ -195,7 +204,9 @@ def _decode(image, name, height, width, channels, invert):
     elif mode in ("RGB", "RGBX", "P", "CMYK", "YCbCr", "HSV"):  # not LAB: Pillow copies its channels as RGB
         image = image.convert("RGB")
     else:
-        raise InputError(f"image {name} has pixel mode {mode}, which is not supported; save it as an RGB or grey PNG or JPEG")
+        raise InputError(
+            f"image {name} has pixel mode {mode}, which is not supported; save it as an RGB or grey PNG or JPEG"
+        )
 
     if image.size != (width, height):
         # Pillow resizes RGBA/LA with premultiplied alpha, and F (16-bit data) without rounding to bytes.
@@ -261,7 +272,9 @@ def predict_files(model, images, top=3, class_names=None, invert="auto"):
         except Exception as error:  # an unforeseen decoder failure costs this image, not the others' results
             if debug():
                 raise
-            results.append({"image": path, "error": f"cannot decode image {path}: {type(error).__name__}: {_first_line(error)}"})
+            results.append(
+                {"image": path, "error": f"cannot decode image {path}: {type(error).__name__}: {_first_line(error)}"}
+            )
             continue
         results.append({"image": path, "notes": notes})
         batch.append(array)
@@ -272,24 +285,30 @@ def predict_files(model, images, top=3, class_names=None, invert="auto"):
         names = class_names or [str(i) for i in range(probabilities.shape[-1])]
         for index, p in zip(where, probabilities):
             order = np.argsort(-p)[:top]
-            results[index]["top"] = [
-                {"class": int(c), "label": names[c], "probability": float(p[c])} for c in order
-            ]
+            results[index]["top"] = [{"class": int(c), "label": names[c], "probability": float(p[c])} for c in order]
     return results
 
 
 @command(status=1)
 def main(argv=None):
     parser = ArgumentParser(
-        prog="python -m keras_vitbn.tools.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m keras_vitbn.tools.predict",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", help="a .keras file written by a trainer")
     parser.add_argument("images", nargs="+", help="PNG/JPEG files")
     parser.add_argument("--top", type=int, default=3, help="how many classes to show (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--class-names", default=None, help="comma-separated names (default: from the run's config.json)")
-    parser.add_argument("--invert", default="auto", choices=["auto", "always", "never"],
-                        help="for grey models: invert dark-on-light images (default %(default)s)")
+    parser.add_argument(
+        "--class-names", default=None, help="comma-separated names (default: from the run's config.json)"
+    )
+    parser.add_argument(
+        "--invert",
+        default="auto",
+        choices=["auto", "always", "never"],
+        help="for grey models: invert dark-on-light images (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.top < 1:
         parser.error(f"--top {args.top} must be at least 1")
@@ -297,7 +316,9 @@ def main(argv=None):
         model = load_model(args.model)
         num_classes = int(model.outputs[0].shape[-1])
         names = class_names_for(args.model, num_classes, args.class_names)
-        results = predict_files(model, args.images, top=min(args.top, num_classes), class_names=names, invert=args.invert)
+        results = predict_files(
+            model, args.images, top=min(args.top, num_classes), class_names=names, invert=args.invert
+        )
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

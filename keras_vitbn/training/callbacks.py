@@ -16,8 +16,8 @@ import time
 import keras
 import numpy as np
 
-from keras_vitbn.utils import files
 from keras_vitbn.data import datasets
+from keras_vitbn.utils import files
 
 COLUMNS = (
     "epoch",
@@ -98,8 +98,11 @@ class InputReplay(keras.callbacks.Callback):
         batches = datasets.epoch_steps(self.dataset)
         progress = keras.utils.Progbar(batches and epoch * batches, verbose=self.verbose, unit_name="batch")
         if self.verbose:
-            print(f"[keras_vitbn] replaying the input pipeline through {epoch} completed epoch{'s' * (epoch > 1)} "
-                  "(no training), so the rest sees the images an uninterrupted run would", flush=True)
+            print(
+                f"[keras_vitbn] replaying the input pipeline through {epoch} completed epoch{'s' * (epoch > 1)} "
+                "(no training), so the rest sees the images an uninterrupted run would",
+                flush=True,
+            )
         for _ in range(epoch):
             for _ in self.dataset:
                 progress.add(1)

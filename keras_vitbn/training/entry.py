@@ -33,8 +33,8 @@ dropout 0.2, AdamW 3e-4 cosine, clipnorm 1, random flip + resized crop, 100 epoc
 
     KERAS_BACKEND=jax keras-vitbn-train-cifar10
 """,
-    "imagenette": """Train on Imagenette (10 ImageNet classes, 224x224) with the walk-through's setup: ResNet34 by default,
-AdamW at 1e-4 with weight decay 1e-2, batch 256, 200 epochs, random flip and crop. A GPU job.
+    "imagenette": """Train on Imagenette (10 ImageNet classes, 224x224) with the walk-through's setup:
+ResNet34 by default, AdamW at 1e-4 with weight decay 1e-2, batch 256, 200 epochs, random flip and crop. A GPU job.
 
     KERAS_BACKEND=jax keras-vitbn-train-imagenette --data-dir /data/imagenette2-320
     keras-vitbn-train-imagenette --data-dir DIR --model resnet34 --set norm=layernorm   # BatchNorm -> LayerNorm

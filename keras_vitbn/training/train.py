@@ -31,14 +31,14 @@ import time
 
 import keras
 
-from keras_vitbn.runtime import auto_distribute
 from keras_vitbn.data import augment as augment_lib
 from keras_vitbn.data import datasets, image_folder
-from keras_vitbn.utils.files import read_json, run_folder, write_json
 from keras_vitbn.models.registry import depth_argument
-from keras_vitbn.utils.progress import format_percent
+from keras_vitbn.runtime import auto_distribute
 from keras_vitbn.training import callbacks as cbs
 from keras_vitbn.training.config import TrainConfig
+from keras_vitbn.utils.files import read_json, run_folder, write_json
+from keras_vitbn.utils.progress import format_percent
 
 logger = logging.getLogger("keras_vitbn.training")
 
@@ -56,13 +56,20 @@ def run_splits(config):
     """The run's (train, val or None, test) `Split`s and provenance: subsets and validation split applied."""
     if image_folder.selected(config.dataset, config.source, config.data_dir):  # Imagenette's layout, resized
         train, test, provenance = image_folder.load_splits(
-            config.dataset, config.source, config.data_dir, config.test_data_dir,
+            config.dataset,
+            config.source,
+            config.data_dir,
+            config.test_data_dir,
             image_size=config.model_overrides.get("image_size"),
         )
     else:
         train, test, provenance = datasets.load_splits(
-            config.dataset, config.source, config.data_dir, config.test_data_dir,
-            num_classes=config.num_classes, allow_mixed_splits=bool(config.allow_mixed_splits),
+            config.dataset,
+            config.source,
+            config.data_dir,
+            config.test_data_dir,
+            num_classes=config.num_classes,
+            allow_mixed_splits=bool(config.allow_mixed_splits),
         )
     if config.train_subset is not None and config.train_subset < train.size:
         train = train.take(config.train_subset, f"first {config.train_subset} of {train.description}")
@@ -391,9 +398,7 @@ def _train(config, folder, callbacks, verbose, command):
             history,
             saver,
             cbs.CurvePlotter(output_dir, history, title=f"{config.model} d{config.depth} on {config.dataset}"),
-            keras.callbacks.TensorBoard(
-                os.path.join(output_dir, "tensorboard"), write_graph=False, profile_batch=0
-            ),
+            keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard"), write_graph=False, profile_batch=0),
         ]
         mlflow_logger = None
         if config.mlflow:

@@ -1,4 +1,6 @@
-"""Command line of the learning-rate search (`keras-vitbn-tune`, `tuning/lr_per_depth.py`): flags -> SearchConfig -> search().
+"""Command line of the learning-rate search (`keras-vitbn-tune`, `tuning/lr_per_depth.py`).
+
+Flags -> SearchConfig -> search().
 
 The data, augmentation, test-protocol, model-size and optimisation flags are
 the trainers' (`keras_vitbn.training.cli`), over the defaults of `--preset`;
@@ -20,10 +22,10 @@ import shlex
 import sys
 
 from keras_vitbn.runtime import allocator
-from keras_vitbn.utils.cli_errors import ArgumentParser, command
 from keras_vitbn.training.cli import build_parser, config_from_args
 from keras_vitbn.training.presets import PRESETS
 from keras_vitbn.tuning.config import TUNERS, SearchConfig
+from keras_vitbn.utils.cli_errors import ArgumentParser, command
 
 # Trainer flags that make no sense for a search.
 UNSUPPORTED = ("mlflow", "distribute")
@@ -33,33 +35,72 @@ def _parser(preset):
     defaults = {**PRESETS[preset], "validation_split": 0.1}
     p = build_parser(defaults, description=__doc__)
     p.conflict_handler = "resolve"  # the flags below replace the trainers' --model, --depth, --lr, --output-dir
-    p.add_argument("--preset", default="mnist", choices=sorted(PRESETS),
-                   help="trainer defaults to start from (default %(default)s)")
+    p.add_argument(
+        "--preset",
+        default="mnist",
+        choices=sorted(PRESETS),
+        help="trainer defaults to start from (default %(default)s)",
+    )
     g = p.add_argument_group("search")
-    g.add_argument("--models", "--model", nargs="+", default=["vit", "vit_bnffn"], metavar="MODEL",
-                   help="models to search (default: vit vit_bnffn)")
-    g.add_argument("--depths", "--depth", type=int, nargs="+", default=list(range(1, 9)), metavar="DEPTH",
-                   help="depths to search (default: 1 to 8)")
+    g.add_argument(
+        "--models",
+        "--model",
+        nargs="+",
+        default=["vit", "vit_bnffn"],
+        metavar="MODEL",
+        help="models to search (default: vit vit_bnffn)",
+    )
+    g.add_argument(
+        "--depths",
+        "--depth",
+        type=int,
+        nargs="+",
+        default=list(range(1, 9)),
+        metavar="DEPTH",
+        help="depths to search (default: 1 to 8)",
+    )
     g.add_argument("--tuner", default="bayesian", choices=TUNERS, help="keras-tuner oracle (default %(default)s)")
     g.add_argument("--lr-min", type=float, default=1e-4, help="log-uniform range, low end (default %(default)s)")
     g.add_argument("--lr-max", type=float, default=1e-2, help="log-uniform range, high end (default %(default)s)")
     g.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float, default=None, help=argparse.SUPPRESS)
-    g.add_argument("--lr-grid", type=float, nargs="+", default=None, metavar="LR",
-                   help="learning rates of the grid tuner (default: --grid-points values log-spaced over the range)")
+    g.add_argument(
+        "--lr-grid",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="LR",
+        help="learning rates of the grid tuner (default: --grid-points values log-spaced over the range)",
+    )
     g.add_argument("--grid-points", type=int, default=5, help="size of the default grid (default %(default)s)")
-    g.add_argument("--trials", type=int, default=None,
-                   help="trials per (model, depth), failed ones included (default 6; grid: the whole grid)")
-    g.add_argument("--initial-points", type=int, default=None,
-                   help="random trials before Bayesian optimisation starts (default 3)")
+    g.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        help="trials per (model, depth), failed ones included (default 6; grid: the whole grid)",
+    )
+    g.add_argument(
+        "--initial-points", type=int, default=None, help="random trials before Bayesian optimisation starts (default 3)"
+    )
     g.add_argument("--output-dir", default="", help="search directory (default runs/tuning/<dataset>)")
-    g.add_argument("--overwrite", action="store_true", help="start afresh: once the new search has validated, delete the old one "
-                   "(only a folder this project wrote)")
-    g.add_argument("--report-only", action="store_true",
-                   help="rewrite the results from the search directory without training")
-    g.add_argument("--chief-timeout", type=float, default=3600.0,
-                   help="distributed: seconds a worker waits for the chief (default %(default)s)")
-    g.add_argument("--allow-all-interfaces", action="store_true",
-                   help="distributed: let the chief listen on KERASTUNER_ORACLE_IP=0.0.0.0 or :: (refused otherwise)")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh: once the new search has validated, delete the old one (only a folder this project wrote)",
+    )
+    g.add_argument(
+        "--report-only", action="store_true", help="rewrite the results from the search directory without training"
+    )
+    g.add_argument(
+        "--chief-timeout",
+        type=float,
+        default=3600.0,
+        help="distributed: seconds a worker waits for the chief (default %(default)s)",
+    )
+    g.add_argument(
+        "--allow-all-interfaces",
+        action="store_true",
+        help="distributed: let the chief listen on KERASTUNER_ORACLE_IP=0.0.0.0 or :: (refused otherwise)",
+    )
     return p
 
 
@@ -74,8 +115,10 @@ def config_from_cli(argv):
         if getattr(args, name, None) not in (None, False, "none", "auto"):
             raise ValueError(f"--{name} is not supported by the search")
     if args.learning_rate is not None:
-        raise ValueError("the learning rate is what the search chooses: give its range with --lr-min/--lr-max, "
-                         "or the values of --tuner grid with --lr-grid")
+        raise ValueError(
+            "the learning rate is what the search chooses: give its range with --lr-min/--lr-max, "
+            "or the values of --tuner grid with --lr-grid"
+        )
     # The trainers' config_from_args reads one model, depth and lr: give it placeholders.
     args.model, args.depth, args.learning_rate = args.models[0], args.depths[0], defaults["learning_rate"]
     train = config_from_args(args, defaults)
@@ -113,8 +156,14 @@ def main(argv=None):
                 for model, depth in config.cells():
                     auto_distribute.request_cpu_devices(model, depth)
 
-            summary = search(config, overwrite=args.overwrite, verbose=verbose, command=command,
-                             chief_timeout=args.chief_timeout, allow_all_interfaces=args.allow_all_interfaces)
+            summary = search(
+                config,
+                overwrite=args.overwrite,
+                verbose=verbose,
+                command=command,
+                chief_timeout=args.chief_timeout,
+                allow_all_interfaces=args.allow_all_interfaces,
+            )
     except KeyboardInterrupt:
         print("\ninterrupted: rerun the same command to resume the search", file=sys.stderr)
         return 130

@@ -26,9 +26,9 @@ import time
 
 import numpy as np
 
+from keras_vitbn.tuning.search import LR, OBJECTIVE, _say, cell_name
 from keras_vitbn.utils import files as files_lib
 from keras_vitbn.utils.files import read_json, write_json
-from keras_vitbn.tuning.search import LR, OBJECTIVE, _say, cell_name
 
 RESULT_COLUMNS = (
     "model",
@@ -123,7 +123,12 @@ def _evaluate_best(trial, best_dir, test_ds, test_aug_ds):
         return None, {"note": f"{source} is missing"}
     record = read_json(record_path)
     stamp = [os.path.getsize(source), os.path.getmtime(source)]
-    if record and record.get("trial_id") == trial["trial_id"] and record.get("source_stamp") == stamp and os.path.exists(target):
+    if (
+        record
+        and record.get("trial_id") == trial["trial_id"]
+        and record.get("source_stamp") == stamp
+        and os.path.exists(target)
+    ):
         return target, record
     os.makedirs(best_dir, exist_ok=True)
     with files_lib.atomic_path(target) as tmp:
@@ -209,12 +214,26 @@ def _write_csv(path, rows, columns):
 
 
 def markdown_table(results):
-    header = ["model", "depth", "best lr", "val acc", "test acc", "test acc (aug)", "trials (failed)",
-              "val acc range", "spread", "lr tried"]
+    header = [
+        "model",
+        "depth",
+        "best lr",
+        "val acc",
+        "test acc",
+        "test acc (aug)",
+        "trials (failed)",
+        "val acc range",
+        "spread",
+        "lr tried",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
-        val_range = f"{_fmt(r['val_acc_min'], 'x')}-{_fmt(r['val_acc_max'], 'x')}" if r["val_acc_min"] is not None else ""
-        lr_range = f"{_fmt(r['lr_tried_min'], 'best_lr')}-{_fmt(r['lr_tried_max'], 'best_lr')}" if r["lr_tried_min"] else ""
+        val_range = (
+            f"{_fmt(r['val_acc_min'], 'x')}-{_fmt(r['val_acc_max'], 'x')}" if r["val_acc_min"] is not None else ""
+        )
+        lr_range = (
+            f"{_fmt(r['lr_tried_min'], 'best_lr')}-{_fmt(r['lr_tried_max'], 'best_lr')}" if r["lr_tried_min"] else ""
+        )
         cells = [
             r["model"],
             str(r["depth"]),
@@ -269,8 +288,12 @@ def plot_heatmaps(config, trials, path):
     import matplotlib.pyplot as plt
 
     models = list(config.models)
-    fig, axes = plt.subplots(1, len(models), figsize=(1.0 + 0.9 * (HEATMAP_BINS + 1) * len(models), 1.2 + 0.5 * len(config.depths) + 1.2),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(models),
+        figsize=(1.0 + 0.9 * (HEATMAP_BINS + 1) * len(models), 1.2 + 0.5 * len(config.depths) + 1.2),
+        squeeze=False,
+    )
     all_values = [heatmap_matrix(config, trials, m)[2] for m in models]
     finite = np.concatenate([v[np.isfinite(v)] for v in all_values]) if all_values else np.array([])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -278,13 +301,26 @@ def plot_heatmaps(config, trials, path):
     for ax, model in zip(axes[0], models):
         depths, columns, values, failed_only = heatmap_matrix(config, trials, model)
         cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
-        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-6,
-                          aspect="auto", origin="lower")
+        image = ax.imshow(
+            np.ma.masked_invalid(values),
+            cmap=cmap,
+            vmin=vmin,
+            vmax=vmax if vmax > vmin else vmin + 1e-6,
+            aspect="auto",
+            origin="lower",
+        )
         for r in range(len(depths)):
             for c in range(len(columns)):
                 if np.isfinite(values[r, c]):
-                    ax.text(c, r, f"{values[r, c]:.3f}", ha="center", va="center", fontsize=7,
-                            color="white" if values[r, c] < (vmin + vmax) / 2 else "black")
+                    ax.text(
+                        c,
+                        r,
+                        f"{values[r, c]:.3f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if values[r, c] < (vmin + vmax) / 2 else "black",
+                    )
                 elif failed_only[r, c]:
                     ax.text(c, r, "div.", ha="center", va="center", fontsize=7, color="red")
         ax.set_xticks(range(len(columns)), [f"{v:.2g}" for v in columns], rotation=45, fontsize=8)
@@ -293,7 +329,9 @@ def plot_heatmaps(config, trials, path):
         ax.set_ylabel("depth")
         ax.set_title(f"{model}: best val accuracy")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="validation accuracy (last epoch)")
-    fig.suptitle(f"{config.train.dataset}: {config.tuner} search, grey = not tried, div. = diverged", fontsize=9, y=1.04)
+    fig.suptitle(
+        f"{config.train.dataset}: {config.tuner} search, grey = not tried, div. = diverged", fontsize=9, y=1.04
+    )
     files_lib.save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
@@ -314,15 +352,28 @@ def plot_best_lr(config, results, trials, path):
         offset = (i - (len(config.models) - 1) / 2) * 0.08
         ax_lr.scatter([t["depth"] + offset for t in ok], [t["learning_rate"] for t in ok], s=12, color=color, alpha=0.3)
         if bad:
-            ax_lr.scatter([t["depth"] + offset for t in bad], [t["learning_rate"] for t in bad], s=20, color=color,
-                          marker="x", alpha=0.6)
+            ax_lr.scatter(
+                [t["depth"] + offset for t in bad],
+                [t["learning_rate"] for t in bad],
+                s=20,
+                color=color,
+                marker="x",
+                alpha=0.6,
+            )
         ax_lr.plot([r["depth"] for r in rows], [r["best_lr"] for r in rows], "o-", color=color, label=model)
-        ax_acc.plot([r["depth"] for r in rows], [r["val_accuracy"] for r in rows], "o-", color=color,
-                    label=f"{model} val")
+        ax_acc.plot(
+            [r["depth"] for r in rows], [r["val_accuracy"] for r in rows], "o-", color=color, label=f"{model} val"
+        )
         test = [r for r in rows if r["test_accuracy"] is not None]
         if test:
-            ax_acc.plot([r["depth"] for r in test], [r["test_accuracy"] for r in test], "s--", color=color,
-                        alpha=0.7, label=f"{model} test")
+            ax_acc.plot(
+                [r["depth"] for r in test],
+                [r["test_accuracy"] for r in test],
+                "s--",
+                color=color,
+                alpha=0.7,
+                label=f"{model} test",
+            )
     ax_lr.set_yscale("log")
     low, high = config.lr_bounds()
     ax_lr.set_ylim(low / 1.5, high * 1.5)
@@ -373,16 +424,25 @@ def write_report(config, test_ds=None, test_aug_ds=None, search_seconds=None, ev
         text.append(f"Search wall time: {search_seconds:.0f} s.\n")
     if failed:
         text.append("Failed trials:\n")
-        text += [f"- {t['model']} d{t['depth']} trial {t['trial_id']} lr {t['learning_rate']:.3g}: {t['reason']}"
-                 for t in failed]
+        text += [
+            f"- {t['model']} d{t['depth']} trial {t['trial_id']} lr {t['learning_rate']:.3g}: {t['reason']}"
+            for t in failed
+        ]
         text.append("")
     if unfinished:
         text.append(f"{len(unfinished)} trials are not finished: rerun the search to finish them.\n")
     files_lib.write_text(files["results_md"], "\n".join(text))
     plot_best_lr(config, results, trials, files["best_lr_plot"])
     plot_heatmaps(config, trials, files["heatmap"])
-    files_lib.append_jsonl(os.path.join(out, "report.log"), {"time": time.time(), "pid": os.getpid(),
-                           "tuner_id": os.environ.get("KERASTUNER_TUNER_ID"), "trials": len(trials)})
+    files_lib.append_jsonl(
+        os.path.join(out, "report.log"),
+        {
+            "time": time.time(),
+            "pid": os.getpid(),
+            "tuner_id": os.environ.get("KERASTUNER_TUNER_ID"),
+            "trials": len(trials),
+        },
+    )
     _say(f"results in {files['results_md']}:\n{markdown_table(results)}")
     for t in trials:
         t.pop("_dir", None)

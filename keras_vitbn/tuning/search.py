@@ -74,14 +74,14 @@ import grpc
 import keras
 import keras_tuner as kt
 
-from keras_vitbn.runtime import auto_distribute
 from keras_vitbn.data import augment as augment_lib
 from keras_vitbn.data import datasets
-from keras_vitbn.utils.files import append_jsonl, read_json, run_folder, write_json
-from keras_vitbn.utils.progress import Progress, format_percent
+from keras_vitbn.runtime import auto_distribute
 from keras_vitbn.training import callbacks as training_callbacks
 from keras_vitbn.training.train import build_model, compile_model, load_data, run_splits
 from keras_vitbn.tuning.config import SearchConfig
+from keras_vitbn.utils.files import append_jsonl, read_json, run_folder, write_json
+from keras_vitbn.utils.progress import Progress, format_percent
 
 OBJECTIVE = "val_accuracy"
 FINISHED = ("COMPLETED", "FAILED", "INVALID")  # keras-tuner trial statuses that count towards max_trials
@@ -114,7 +114,7 @@ def cell_name(model, depth):
 
 
 def distributed_role():
-    """"single", "chief" or "worker", from keras-tuner's environment variables."""
+    """ "single", "chief" or "worker", from keras-tuner's environment variables."""
     if "KERASTUNER_ORACLE_IP" not in os.environ:
         return "single"
     for name in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID"):
@@ -199,8 +199,11 @@ def serve_oracle(oracle, poll=CHIEF_POLL_SECONDS):
     from keras_tuner.src import protos
     from keras_tuner.src.distribute import oracle_chief
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1), options=[("grpc.so_reuseport", 0)],
-                         interceptors=[_TokenCheck(tuner_token())])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=1),
+        options=[("grpc.so_reuseport", 0)],
+        interceptors=[_TokenCheck(tuner_token())],
+    )
     servicer = oracle_chief.OracleServicer(oracle)
     protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
     address = _oracle_address()
@@ -239,8 +242,9 @@ def served_cell(timeout, search_finished=lambda: False):
         channel = oracle_channel(token)
         try:
             stub = protos.get_service_grpc().OracleStub(channel)
-            response = stub.GetSpace(protos.get_service().GetSpaceRequest(), wait_for_ready=True,
-                                     timeout=max(wait, 0.1))
+            response = stub.GetSpace(
+                protos.get_service().GetSpaceRequest(), wait_for_ready=True, timeout=max(wait, 0.1)
+            )
             break
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.UNAUTHENTICATED:
@@ -379,8 +383,10 @@ class LearningRateTuner(kt.Tuner):
             for number in range(max(ledger) + 1):
                 trial = oracle.create_trial(REPLAY_ID)
                 if trial.status != kt.engine.trial.TrialStatus.RUNNING:
-                    _say(f"{self.project_name}: the oracle stops after {number} trials; later ledger lines are "
-                         "left out (fewer trials than before?)")
+                    _say(
+                        f"{self.project_name}: the oracle stops after {number} trials; later ledger lines are "
+                        "left out (fewer trials than before?)"
+                    )
                     break
                 entry = ledger.get(int(trial.trial_id))
                 if entry is None:  # running still, as it was then, until the replay ends
@@ -405,8 +411,10 @@ class LearningRateTuner(kt.Tuner):
             oracle.verbose = verbose
         oracle.save()
         pending = len(oracle._retry_queue)
-        _say(f"{self.project_name}: {len(ledger)} finished trials replayed from {LEDGER}"
-             + (f", {pending} interrupted to run again" if pending else ""))
+        _say(
+            f"{self.project_name}: {len(ledger)} finished trials replayed from {LEDGER}"
+            + (f", {pending} interrupted to run again" if pending else "")
+        )
 
     def _reload_without_ledger(self):
         """A search begun before the ledger existed: keras-tuner's reload, then a ledger from its trials."""
@@ -436,16 +444,19 @@ class LearningRateTuner(kt.Tuner):
         if trial.status not in (status.COMPLETED, status.FAILED):
             return  # INVALID: keras-tuner retries it
         metrics = {name: trial.metrics.get_last_value(name) for name in trial.metrics.metrics}
-        append_ledger(self.ledger_path, {
-            "trial_id": trial.trial_id,
-            "values": trial.hyperparameters.values,
-            "status": trial.status,
-            "metrics": {k: float(v) for k, v in metrics.items() if v is not None},
-            "step": int(trial.best_step or 0),
-            "message": trial.message,
-            "seed": self.hypermodel.config.train.seed,
-            "time": time.time(),
-        })
+        append_ledger(
+            self.ledger_path,
+            {
+                "trial_id": trial.trial_id,
+                "values": trial.hyperparameters.values,
+                "status": trial.status,
+                "metrics": {k: float(v) for k, v in metrics.items() if v is not None},
+                "step": int(trial.best_step or 0),
+                "message": trial.message,
+                "seed": self.hypermodel.config.train.seed,
+                "time": time.time(),
+            },
+        )
 
     def is_finished(self):
         """Whether the oracle has nothing left to run (chief or single machine)."""
@@ -524,12 +535,15 @@ class LearningRateTuner(kt.Tuner):
         except kt.errors.FailedTrialError as error:  # diverged: a result, recorded, and the search goes on
             reason = str(error)
             history = getattr(getattr(model, "history", None), "history", None)
-            outcome.update(status="failed", reason=reason, seconds=time.perf_counter() - start,
-                           history=_history_rows(history))
+            outcome.update(
+                status="failed", reason=reason, seconds=time.perf_counter() - start, history=_history_rows(history)
+            )
             write_json(os.path.join(trial_dir, "outcome.json"), outcome)
             self._event(trial_dir, "end", status="failed", reason=reason)
-            _say(f"trial {trial.trial_id} of {outcome['model']} d{outcome['depth']} at lr {learning_rate:.3g} "
-                 f"failed: {reason}")
+            _say(
+                f"trial {trial.trial_id} of {outcome['model']} d{outcome['depth']} at lr {learning_rate:.3g} "
+                f"failed: {reason}"
+            )
             self._say_progress(trial, outcome, "failed", time.perf_counter() - start)
             raise
         except Exception as error:
@@ -541,8 +555,13 @@ class LearningRateTuner(kt.Tuner):
                 f"raised {type(error).__name__}: {error}"
             ) from error
         model.save(os.path.join(trial_dir, "model.keras"))
-        outcome.update(status="completed", reason=None, seconds=time.perf_counter() - start, metrics=metrics,
-                       history=_history_rows(model.history.history))
+        outcome.update(
+            status="completed",
+            reason=None,
+            seconds=time.perf_counter() - start,
+            metrics=metrics,
+            history=_history_rows(model.history.history),
+        )
         write_json(os.path.join(trial_dir, "outcome.json"), outcome)
         self._event(trial_dir, "end", status="completed", **{OBJECTIVE: metrics[OBJECTIVE]})
         self._say_progress(trial, outcome, f"{OBJECTIVE} {format_percent(metrics[OBJECTIVE])}", outcome["seconds"])
@@ -557,8 +576,10 @@ class LearningRateTuner(kt.Tuner):
             return
         if seconds is not None:
             self.progress.finish(seconds)
-        _say(f"trial {trial.trial_id} of {outcome['model']} d{outcome['depth']} at lr "
-             f"{outcome['learning_rate']:.3g}: {what} ({self.progress.line()})")
+        _say(
+            f"trial {trial.trial_id} of {outcome['model']} d{outcome['depth']} at lr "
+            f"{outcome['learning_rate']:.3g}: {what} ({self.progress.line()})"
+        )
 
 
 def read_ledger(path):
@@ -637,7 +658,10 @@ def make_tuner(config, model_name, depth, provenance, output_dir):
         config, model_name, depth, provenance["image_shape"], provenance["num_classes"], steps
     )
     return LearningRateTuner(
-        make_oracle(config), hypermodel, directory=os.path.join(output_dir, "kt"), project_name=cell_name(model_name, depth)
+        make_oracle(config),
+        hypermodel,
+        directory=os.path.join(output_dir, "kt"),
+        project_name=cell_name(model_name, depth),
     )
 
 
@@ -758,8 +782,16 @@ def _worker_loop(config, provenance, output_dir, fit_args, fit_kwargs, chief_tim
         i, tuner = i + 1, None
 
 
-def search(config, overwrite=False, verbose="auto", command=None, chief_timeout=3600.0, report=True, callbacks=None,
-           allow_all_interfaces=False):
+def search(
+    config,
+    overwrite=False,
+    verbose="auto",
+    command=None,
+    chief_timeout=3600.0,
+    report=True,
+    callbacks=None,
+    allow_all_interfaces=False,
+):
     """Runs (or resumes) the search and writes its directory; see the module docstring.
 
     Args:
@@ -795,7 +827,9 @@ def search(config, overwrite=False, verbose="auto", command=None, chief_timeout=
     # Locked for this process (a worker shares its chief's folder, and neither locks nor clears it);
     # with `overwrite`, emptied only once the data have loaded.
     worker = role == "worker"
-    with run_folder(output_dir, "search", overwrite=overwrite and not worker, command=command, lock=not worker) as folder:
+    with run_folder(
+        output_dir, "search", overwrite=overwrite and not worker, command=command, lock=not worker
+    ) as folder:
         return _search_in_folder(folder, config, role, verbose, command, chief_timeout, report, callbacks)
 
 
@@ -813,8 +847,12 @@ def _search_in_folder(folder, config, role, verbose, command, chief_timeout, rep
 
         verbose = 1 if sys.stdout.isatty() else 2
     fit_args = (functools.partial(training_pipeline, config.train, splits[0]),)
-    fit_kwargs = {"validation_data": val_ds, "epochs": config.train.epochs, "verbose": verbose,
-                  "callbacks": list(callbacks or [])}
+    fit_kwargs = {
+        "validation_data": val_ds,
+        "epochs": config.train.epochs,
+        "verbose": verbose,
+        "callbacks": list(callbacks or []),
+    }
     cells = config.cells()
     _say(
         f"{role}: searching the learning rate of {len(cells)} cells ({', '.join(config.models)} x depths "
@@ -834,8 +872,10 @@ def _search_in_folder(folder, config, role, verbose, command, chief_timeout, rep
         if progress is not None:  # trials finished before this process started count as done, untimed
             tuner.progress = progress
             progress.skip(sum(t.status in FINISHED for t in tuner.oracle.trials.values()))
-        _say(f"{cell_name(model_name, depth)} ({i + 1}/{len(cells)}): {len(tuner.oracle.trials)} trials recorded"
-             f"{', serving it to the workers' if role == 'chief' else ''}")
+        _say(
+            f"{cell_name(model_name, depth)} ({i + 1}/{len(cells)}): {len(tuner.oracle.trials)} trials recorded"
+            f"{', serving it to the workers' if role == 'chief' else ''}"
+        )
         with cell_devices(config, model_name, depth, provenance, output_dir):
             tuner.search(*fit_args, **fit_kwargs)
     _mark_searched(output_dir)

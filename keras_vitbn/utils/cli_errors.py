@@ -105,8 +105,11 @@ def report(error, status=2):
         message = str(error) if isinstance(error, (ValueError, NotImplementedError)) else _describe(error)
         print(f"error: {one_line(message) or type(error).__name__}", file=sys.stderr)
         return status
-    print(f"error: unexpected {type(error).__name__}: {one_line(error)} (rerun with {DEBUG_ENV}=1 for the "
-          "traceback, and report it)", file=sys.stderr)
+    print(
+        f"error: unexpected {type(error).__name__}: {one_line(error)} (rerun with {DEBUG_ENV}=1 for the "
+        "traceback, and report it)",
+        file=sys.stderr,
+    )
     return 1
 
 

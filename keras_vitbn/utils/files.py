@@ -31,12 +31,29 @@ LOCK = ".keras_vitbn.lock"
 # adopted (given a marker); a folder holding anything else is someone else's.
 KNOWN_FILES = {
     "run": {
-        "config.json", "status.json", "history.csv", "history.jsonl", "model_best.keras", "model_last.keras",
-        "curves.png", "tensorboard", "backup", "mlflow_run_id", "runner.json", "runner.lock",
+        "config.json",
+        "status.json",
+        "history.csv",
+        "history.jsonl",
+        "model_best.keras",
+        "model_last.keras",
+        "curves.png",
+        "tensorboard",
+        "backup",
+        "mlflow_run_id",
+        "runner.json",
+        "runner.lock",
     },
     "search": {
-        "search.json", "kt", "results.csv", "results.md", "trials.csv", "best_lr_vs_depth.png", "heatmap.png",
-        "best_models", "report.log",
+        "search.json",
+        "kt",
+        "results.csv",
+        "results.md",
+        "trials.csv",
+        "best_lr_vs_depth.png",
+        "heatmap.png",
+        "best_models",
+        "report.log",
     },
 }
 
@@ -87,9 +104,8 @@ def atomic_path(path):
 
 def write_text(path, text):
     """Writes `text` to `path` atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
-            f.write(text)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        f.write(text)
 
 
 def write_json(path, value, sort_keys=False):
@@ -282,35 +298,51 @@ def run_folder(path, kind, overwrite=False, command=None, lock=True):
             except ValueError:
                 recorded = kind  # a damaged marker still marks the folder as ours
             if recorded != kind:
-                raise RunFolderError(f"{path} is a keras_vitbn {recorded} folder, not a {kind} folder: "
-                                     "choose another output folder")
+                raise RunFolderError(
+                    f"{path} is a keras_vitbn {recorded} folder, not a {kind} folder: choose another output folder"
+                )
         else:
             foreign = _foreign_entries(path, kind)
             if foreign:
                 shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
                 action = "refusing to delete it with --overwrite" if overwrite else "refusing to write into it"
-                raise RunFolderError(f"{path} is not a keras_vitbn {kind} folder (it holds {shown}, and no {MARKER}): "
-                                     f"{action}; choose a new or empty output folder")
+                raise RunFolderError(
+                    f"{path} is not a keras_vitbn {kind} folder (it holds {shown}, and no {MARKER}): "
+                    f"{action}; choose a new or empty output folder"
+                )
     try:
         os.makedirs(path, exist_ok=True)
         fd = os.open(os.path.join(path, LOCK), os.O_RDWR | os.O_CREAT, 0o644) if lock else None
     except OSError as error:
-        raise RunFolderError(f"cannot write the {kind} folder {path}: {error.strerror}: choose a writable "
-                             "output folder") from None
+        raise RunFolderError(
+            f"cannot write the {kind} folder {path}: {error.strerror}: choose a writable output folder"
+        ) from None
     try:
         if fd is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RunFolderError(f"{path} is in use by {_holder(os.path.join(path, LOCK))}: wait for it to "
-                                     "finish, or choose another output folder") from None
-            holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-                      "since": datetime.datetime.now().isoformat(timespec="seconds")}
+                raise RunFolderError(
+                    f"{path} is in use by {_holder(os.path.join(path, LOCK))}: wait for it to "
+                    "finish, or choose another output folder"
+                ) from None
+            holder = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "command": command,
+                "since": datetime.datetime.now().isoformat(timespec="seconds"),
+            }
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(holder).encode(), 0)
         if not os.path.exists(marker):
-            write_json(marker, {"kind": kind, "written_by": "keras_vitbn",
-                                "created": datetime.datetime.now().isoformat(timespec="seconds")})
+            write_json(
+                marker,
+                {
+                    "kind": kind,
+                    "written_by": "keras_vitbn",
+                    "created": datetime.datetime.now().isoformat(timespec="seconds"),
+                },
+            )
         folder = RunFolder(path, kind, overwrite, created)
         try:
             yield folder
@@ -323,4 +355,3 @@ def run_folder(path, kind, overwrite=False, command=None, lock=True):
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
             os.close(fd)  # releases the flock
-

@@ -4,7 +4,15 @@ from keras_vitbn.layers.conv_norms import check_conv_norm
 from keras_vitbn.layers.initializers import torch_dense
 from keras_vitbn.layers.validation import check_positive, check_rate, image_hw
 from keras_vitbn.models.base import ArgumentsConfigModel
-from keras_vitbn.models.cnn.common import apply_norm, check_spatial, check_width, conv, relu, scaled, torch_conv_initializers
+from keras_vitbn.models.cnn.common import (
+    apply_norm,
+    check_spatial,
+    check_width,
+    conv,
+    relu,
+    scaled,
+    torch_conv_initializers,
+)
 
 ALEXNET_NORMS = ("lrn", "batchnorm", "layernorm", "none")
 # (filters, kernel, stride, padding, norm after it, max-pool after it): the paper's single tower.
@@ -46,9 +54,7 @@ class AlexNet(ArgumentsConfigModel):
     (2, 10)
     """
 
-    def __init__(
-        self, image_size=224, channels=3, num_classes=10, norm="lrn", dropout=0.5, width=1.0, **kwargs
-    ):
+    def __init__(self, image_size=224, channels=3, num_classes=10, norm="lrn", dropout=0.5, width=1.0, **kwargs):
         height, width_px = image_hw(image_size)
         check_positive(channels=channels, num_classes=num_classes)
         check_conv_norm(norm, ALEXNET_NORMS)
@@ -60,8 +66,14 @@ class AlexNet(ArgumentsConfigModel):
         for i, (filters, kernel, stride, padding, normed, pooled) in enumerate(ALEXNET_CONVS, start=1):
             filters = scaled(filters, width)
             x = conv(
-                x, filters, kernel, strides=stride, padding=padding,
-                initializers=torch_conv_initializers(kernel * kernel * fan_channels), name=f"conv{i}", dtype=dtype,
+                x,
+                filters,
+                kernel,
+                strides=stride,
+                padding=padding,
+                initializers=torch_conv_initializers(kernel * kernel * fan_channels),
+                name=f"conv{i}",
+                dtype=dtype,
             )
             x = relu(x, f"conv{i}_relu", dtype)
             if normed:
@@ -85,4 +97,3 @@ class AlexNet(ArgumentsConfigModel):
         self.remember_arguments(
             image_size=image_size, channels=channels, num_classes=num_classes, norm=norm, dropout=dropout, width=width
         )
-

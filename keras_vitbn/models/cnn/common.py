@@ -34,8 +34,15 @@ def conv(x, filters, kernel_size, *, strides=1, padding=0, use_bias=True, initia
         x = keras.layers.ZeroPadding2D(padding, name=f"{name}_pad", dtype=dtype)(x)
     kernel, bias = initializers or ("glorot_uniform", "zeros")
     return keras.layers.Conv2D(
-        filters, kernel_size, strides=strides, padding="valid", use_bias=use_bias,
-        kernel_initializer=kernel, bias_initializer=bias, name=name, dtype=dtype,
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="valid",
+        use_bias=use_bias,
+        kernel_initializer=kernel,
+        bias_initializer=bias,
+        name=name,
+        dtype=dtype,
     )(x)
 
 

@@ -52,8 +52,17 @@ class ResNet(ArgumentsConfigModel):
         init = (kaiming_fan_out(), "zeros")
 
         def conv_norm(x, filters, kernel, stride, name, activate=True):
-            x = conv(x, filters, kernel, strides=stride, padding=kernel // 2, use_bias=use_bias,
-                     initializers=init, name=name, dtype=dtype)
+            x = conv(
+                x,
+                filters,
+                kernel,
+                strides=stride,
+                padding=kernel // 2,
+                use_bias=use_bias,
+                initializers=init,
+                name=name,
+                dtype=dtype,
+            )
             x = apply_norm(x, norm, layer_name=f"{name}_norm", dtype=dtype)
             return relu(x, f"{name}_relu", dtype) if activate else x
 

@@ -78,6 +78,11 @@ class VGG(ArgumentsConfigModel):
         outputs = keras.layers.Dense(num_classes, name="head", dtype=dtype)(x)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.remember_arguments(
-            depth=depth, image_size=image_size, channels=channels, num_classes=num_classes, norm=norm,
-            dropout=dropout, width=width,
+            depth=depth,
+            image_size=image_size,
+            channels=channels,
+            num_classes=num_classes,
+            norm=norm,
+            dropout=dropout,
+            width=width,
         )

@@ -4,11 +4,18 @@ import datetime
 import os
 import sys
 
-from keras_vitbn.utils.machine import cpu_id
 from keras_vitbn.tools.benchmark import results_csv
-from keras_vitbn.tools.benchmark.run import BACKENDS, DEFAULT_DATA, MODELS, format_markdown, run_benchmark, write_results
-from keras_vitbn.utils.cli_errors import ArgumentParser, command
+from keras_vitbn.tools.benchmark.run import (
+    BACKENDS,
+    DEFAULT_DATA,
+    MODELS,
+    format_markdown,
+    run_benchmark,
+    write_results,
+)
 from keras_vitbn.training.config import DTYPE_POLICIES
+from keras_vitbn.utils.cli_errors import ArgumentParser, command
+from keras_vitbn.utils.machine import cpu_id
 
 SMOKE = {"depth": 1, "steps": 2, "windows": 1, "epoch_images": 200, "infer_batch": 50, "infer_repeats": 1}
 
@@ -25,11 +32,15 @@ def build_parser():
     parser.add_argument("--steps", type=int, default=20, help="training steps per timed window (default 20)")
     parser.add_argument("--windows", type=int, default=10, help="timed windows after the warm-up epoch (default 10)")
     parser.add_argument(
-        "--settings", choices=("tuned", "keras-default"), default="tuned",
+        "--settings",
+        choices=("tuned", "keras-default"),
+        default="tuned",
         help="compile settings: keras_vitbn.runtime.performance.fit_settings (tuned) or Keras' defaults",
     )
     parser.add_argument(
-        "--jit", choices=("default", "on", "off", "auto"), default="default",
+        "--jit",
+        choices=("default", "on", "off", "auto"),
+        default="default",
         help="override jit_compile on every backend (default: the --settings value)",
     )
     parser.add_argument("--steps-per-execution", type=int, default=None, help="override steps_per_execution")
@@ -42,21 +53,29 @@ def build_parser():
     parser.add_argument("--infer-batch", type=int, default=5000, help="inference batch; 0 skips inference")
     parser.add_argument("--infer-repeats", type=int, default=3)
     parser.add_argument(
-        "--dtype-policy", default="float32", choices=DTYPE_POLICIES,
+        "--dtype-policy",
+        default="float32",
+        choices=DTYPE_POLICIES,
         help="mixed_bfloat16: bfloat16 products, float32 weights and BatchNorm statistics, on every backend and "
         "the yardstick (torch.autocast); the share of peak is then of the bfloat16 matmul peak (default %(default)s)",
     )
     parser.add_argument("--no-yardstick", action="store_true", help="skip the plain-PyTorch yardstick")
     parser.add_argument(
-        "--yardstick-attention", choices=("math", "sdpa"), default="math",
+        "--yardstick-attention",
+        choices=("math", "sdpa"),
+        default="math",
         help="yardstick attention: the reference's matmul-softmax-matmul (math) or PyTorch SDPA",
     )
     parser.add_argument(
         "--data-root", default=DEFAULT_DATA, help="the data folder (default: $KERAS_VITBN_DATA or ../shared/data)"
     )
-    parser.add_argument("--output", default=None, help="write OUTPUT.json and OUTPUT.md (default runs/benchmark/<time>)")
     parser.add_argument(
-        "--results-csv", default="auto", metavar="PATH",
+        "--output", default=None, help="write OUTPUT.json and OUTPUT.md (default runs/benchmark/<time>)"
+    )
+    parser.add_argument(
+        "--results-csv",
+        default="auto",
+        metavar="PATH",
         help="append one row per model and backend to this CSV; auto (default): "
         "results/benchmarks/benchmark-<cpu>-<n>cpu[-<dtype policy>].csv, except with --smoke; none: no CSV",
     )
@@ -68,13 +87,27 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     kwargs = dict(
-        models=args.models, depth=args.depth, batch_size=args.batch_size, backends=args.backends,
-        steps=args.steps, windows=args.windows, jit=args.jit, settings=args.settings,
-        steps_per_execution=args.steps_per_execution, threads=args.threads, epoch_images=args.epoch_images,
-        epoch_repeats=args.epoch_repeats, epoch_dataset=args.epoch_dataset, epoch_source=args.epoch_source,
-        epoch_data_dir=args.epoch_data_dir, infer_batch=args.infer_batch, infer_repeats=args.infer_repeats,
-        dtype_policy=args.dtype_policy, yardstick=not args.no_yardstick,
-        yardstick_options={"attention": args.yardstick_attention}, data_root=args.data_root,
+        models=args.models,
+        depth=args.depth,
+        batch_size=args.batch_size,
+        backends=args.backends,
+        steps=args.steps,
+        windows=args.windows,
+        jit=args.jit,
+        settings=args.settings,
+        steps_per_execution=args.steps_per_execution,
+        threads=args.threads,
+        epoch_images=args.epoch_images,
+        epoch_repeats=args.epoch_repeats,
+        epoch_dataset=args.epoch_dataset,
+        epoch_source=args.epoch_source,
+        epoch_data_dir=args.epoch_data_dir,
+        infer_batch=args.infer_batch,
+        infer_repeats=args.infer_repeats,
+        dtype_policy=args.dtype_policy,
+        yardstick=not args.no_yardstick,
+        yardstick_options={"attention": args.yardstick_attention},
+        data_root=args.data_root,
     )
     if args.smoke:
         kwargs.update(SMOKE)

@@ -16,14 +16,38 @@ KINDS = ("matmul", "reduction", "layout", "elementwise", "communication", "other
 
 _MATMUL = {"dot", "convolution"}
 _COMMUNICATION = {
-    "all-reduce", "all-reduce-start", "all-reduce-done", "all-gather", "all-gather-start", "all-gather-done",
-    "reduce-scatter", "collective-permute", "collective-permute-start", "collective-permute-done", "all-to-all",
+    "all-reduce",
+    "all-reduce-start",
+    "all-reduce-done",
+    "all-gather",
+    "all-gather-start",
+    "all-gather-done",
+    "reduce-scatter",
+    "collective-permute",
+    "collective-permute-start",
+    "collective-permute-done",
+    "all-to-all",
 }
 _REDUCTION = {"reduce", "reduce-window", "select-and-scatter", "scatter", "sort"}
 # Ops that only move or view data.
 _LAYOUT = {
-    "bitcast", "broadcast", "concatenate", "constant", "copy", "dynamic-slice", "dynamic-update-slice",
-    "gather", "get-tuple-element", "iota", "pad", "parameter", "reshape", "reverse", "slice", "transpose", "tuple",
+    "bitcast",
+    "broadcast",
+    "concatenate",
+    "constant",
+    "copy",
+    "dynamic-slice",
+    "dynamic-update-slice",
+    "gather",
+    "get-tuple-element",
+    "iota",
+    "pad",
+    "parameter",
+    "reshape",
+    "reverse",
+    "slice",
+    "transpose",
+    "tuple",
 }
 # Instructions whose events contain their callees' events: counting both would count twice.
 _CONTAINERS = {"while", "call", "conditional", "async-start", "async-done"}
@@ -44,7 +68,8 @@ def stem(name):
 def training_step_hlo(hlo_dir):
     """The optimised HLO text file of the training step: the largest module XLA dumped (None if none)."""
     files = [
-        f for f in glob.glob(os.path.join(hlo_dir, "*after_optimizations.txt"))
+        f
+        for f in glob.glob(os.path.join(hlo_dir, "*after_optimizations.txt"))
         if not re.search(r"after_optimizations-", os.path.basename(f))
     ]
     return max(files, key=os.path.getsize) if files else None
@@ -167,8 +192,29 @@ _TORCH_KINDS = (
     ("reduction", {"sum", "mean", "var", "std", "norm", "softmax", "max", "amax", "min", "argmax", "nll", "prod"}),
     (
         "layout",
-        {"copy", "clone", "contiguous", "transpose", "permute", "view", "reshape", "cat", "stack", "expand",
-         "strided", "split", "unbind", "slice", "select", "index", "t", "empty", "zeros", "fill", "resize"},
+        {
+            "copy",
+            "clone",
+            "contiguous",
+            "transpose",
+            "permute",
+            "view",
+            "reshape",
+            "cat",
+            "stack",
+            "expand",
+            "strided",
+            "split",
+            "unbind",
+            "slice",
+            "select",
+            "index",
+            "t",
+            "empty",
+            "zeros",
+            "fill",
+            "resize",
+        },
     ),
 )
 
@@ -197,8 +243,13 @@ def summarize(table, steps):
     total = sum(row[2] for row in table.values()) or 1.0
     rows = [
         {
-            "kind": kind, "op": label, "shape": shape, "instructions": len(names) or None,
-            "calls_per_step": calls / steps, "ms_per_step": ns / 1e6 / steps, "share": ns / total,
+            "kind": kind,
+            "op": label,
+            "shape": shape,
+            "instructions": len(names) or None,
+            "calls_per_step": calls / steps,
+            "ms_per_step": ns / 1e6 / steps,
+            "share": ns / total,
         }
         for (kind, label, shape), (names, calls, ns) in table.items()
     ]
@@ -238,7 +289,8 @@ def format_markdown(result, top=25):
     ]
     for row in r["ops"][:top]:
         lines.append(
-            f"| {row['kind']} | `{row['op']}` | {row['shape'] and '`' + row['shape'] + '`'} | {row['instructions'] or ''} | "
+            f"| {row['kind']} | `{row['op']}` | {row['shape'] and '`' + row['shape'] + '`'} | "
+            f"{row['instructions'] or ''} | "
             f"{row['calls_per_step']:.1f} | {row['ms_per_step']:.3f} | {100 * row['share']:.1f}% |"
         )
     return "\n".join(lines) + "\n"

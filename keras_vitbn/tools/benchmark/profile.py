@@ -41,8 +41,16 @@ BACKENDS = ("jax", "tensorflow", "torch")
 
 
 def profile_training(
-    model="vit_bnffn", depth=6, batch_size=100, steps=16, backend=None, distribute="auto", threads=None,
-    output=None, seed=0, timeout=1800,
+    model="vit_bnffn",
+    depth=6,
+    batch_size=100,
+    steps=16,
+    backend=None,
+    distribute="auto",
+    threads=None,
+    output=None,
+    seed=0,
+    timeout=1800,
 ):
     """Profiles `steps` training steps in a subprocess on `backend`; returns the result dict (also in ops.json).
 
@@ -74,23 +82,35 @@ def profile_training(
         raise FileExistsError(f"{output} already holds a profile: choose another --output, or delete it first")
     os.makedirs(output, exist_ok=True)
     env = {
-        **os.environ, **performance.thread_environment(threads), **allocator.training_environment(backend),
-        "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
+        **os.environ,
+        **performance.thread_environment(threads),
+        **allocator.training_environment(backend),
+        "KERAS_BACKEND": backend,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
     }
     if backend != "torch":
         env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} --xla_dump_to={os.path.join(output, 'hlo')} --xla_dump_hlo_as_text"
         if distribute == "auto":
             auto_distribute.request_cpu_devices(model, depth, environ=env, backend=backend)
     spec = dict(
-        model=model, depth=depth, batch_size=int(batch_size), steps=int(steps), distribute=distribute,
-        threads=threads, output=output, seed=seed,
+        model=model,
+        depth=depth,
+        batch_size=int(batch_size),
+        steps=int(steps),
+        distribute=distribute,
+        threads=threads,
+        output=output,
+        seed=seed,
     )
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
     try:
         done = subprocess.run(
             [sys.executable, "-m", "keras_vitbn.tools.benchmark.profile", "--worker", f.name],
-            env=env, capture_output=True, text=True, timeout=timeout,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
     finally:
         os.unlink(f.name)
@@ -115,10 +135,10 @@ def _profile_here(spec):
     import keras
     import numpy as np
 
-    from keras_vitbn.runtime import auto_distribute, performance
     from keras_vitbn.data import Split, make_pipeline
     from keras_vitbn.models import create_model
     from keras_vitbn.models.registry import is_vit
+    from keras_vitbn.runtime import auto_distribute, performance
 
     backend = keras.backend.backend()
     performance.set_threads(spec["threads"], backend)
@@ -143,10 +163,20 @@ def _profile_here(spec):
     table, source, wall = _traced_fit(backend, model, data, trace_dir)
     rows, kinds = op_table.summarize(table, steps)
     result = dict(
-        model=spec["model"], depth=spec["depth"], batch_size=batch, backend=backend, steps=steps, devices=devices,
-        settings=", ".join(f"{k}={v}" for k, v in settings.items()), source=source,
-        wall_ms_per_step=1000 * wall / steps, images_per_s=batch * steps / wall, kinds=kinds, ops=rows,
-        trace=trace_dir, hlo=op_table.training_step_hlo(os.path.join(spec["output"], "hlo")),
+        model=spec["model"],
+        depth=spec["depth"],
+        batch_size=batch,
+        backend=backend,
+        steps=steps,
+        devices=devices,
+        settings=", ".join(f"{k}={v}" for k, v in settings.items()),
+        source=source,
+        wall_ms_per_step=1000 * wall / steps,
+        images_per_s=batch * steps / wall,
+        kinds=kinds,
+        ops=rows,
+        trace=trace_dir,
+        hlo=op_table.training_step_hlo(os.path.join(spec["output"], "hlo")),
     )
     with open(os.path.join(spec["output"], "ops.json"), "w") as f:
         json.dump(result, f, indent=1)
@@ -209,9 +239,14 @@ def build_parser():
     parser.add_argument("--distribute", choices=("auto", "none"), default="auto", help="JAX devices as the trainers")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--top", type=int, default=25, help="operation groups in the printed table")
-    parser.add_argument("--output", default=None, help="a new folder (default runs/profile/<model>-d<depth>-<backend>-<time>)")
     parser.add_argument(
-        "--compare", nargs=2, metavar=("FIRST", "SECOND"), default=None,
+        "--output", default=None, help="a new folder (default runs/profile/<model>-d<depth>-<backend>-<time>)"
+    )
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("FIRST", "SECOND"),
+        default=None,
         help="print what changed between two finished profiles (their folders or ops.json files), then exit",
     )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -230,8 +265,14 @@ def main(argv=None):
             print(op_table.format_comparison(first, second, top=args.top))
             return 0
         result = profile_training(
-            model=args.model, depth=args.depth, batch_size=args.batch_size, steps=args.steps, backend=args.backend,
-            distribute=args.distribute, threads=args.threads, output=args.output,
+            model=args.model,
+            depth=args.depth,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            backend=args.backend,
+            distribute=args.distribute,
+            threads=args.threads,
+            output=args.output,
         )
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
         if os.environ.get("KERAS_VITBN_DEBUG"):  # the trainers' switch for the whole traceback
@@ -239,7 +280,10 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(op_table.format_markdown(result, top=args.top))
-    print(f"wrote {os.path.join(os.path.dirname(result['trace']), 'ops.md')} and ops.json; raw profile in {result['trace']}")
+    print(
+        f"wrote {os.path.join(os.path.dirname(result['trace']), 'ops.md')} and ops.json; "
+        f"raw profile in {result['trace']}"
+    )
     return 0
 
 

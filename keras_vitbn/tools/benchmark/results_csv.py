@@ -16,11 +16,34 @@ from keras_vitbn.tools.benchmark.run import MODELS, window_range
 
 DEFAULT_DIRECTORY = os.path.join("results", "benchmarks")
 COLUMNS = (
-    "date", "time_utc", "cpu", "cpu_count", "matmul_peak_gflops", "code_commit", "command", "output",
-    "dtype_policy", "depth", "batch_size", "model", "backend", "devices", "train_images_per_s",
-    "window_slowest", "window_fastest", "x_yardstick", "pct_matmul_peak", "epoch_vs_model_only",
-    "epoch_images_per_s", "infer_images_per_s", "compile_s", "peak_rss_mib", "first_step_loss",
-    "same_work", "recorded_in", "note",
+    "date",
+    "time_utc",
+    "cpu",
+    "cpu_count",
+    "matmul_peak_gflops",
+    "code_commit",
+    "command",
+    "output",
+    "dtype_policy",
+    "depth",
+    "batch_size",
+    "model",
+    "backend",
+    "devices",
+    "train_images_per_s",
+    "window_slowest",
+    "window_fastest",
+    "x_yardstick",
+    "pct_matmul_peak",
+    "epoch_vs_model_only",
+    "epoch_images_per_s",
+    "infer_images_per_s",
+    "compile_s",
+    "peak_rss_mib",
+    "first_step_loss",
+    "same_work",
+    "recorded_in",
+    "note",
 )
 
 
@@ -79,23 +102,25 @@ def rows(results, output="", code_commit=None):
             slowest, fastest = window_range(run).split("-") if run.get("train_window_seconds") else ("", "")
             fraction = run.get("fraction_of_matmul_peak")
             same_work = run.get("same_work")
-            table.append({
-                **row,
-                "devices": run.get("devices", ""),
-                "train_images_per_s": _number(run["train_images_per_s"], 0),
-                "window_slowest": slowest,
-                "window_fastest": fastest,
-                "x_yardstick": _number(run.get("ratio_to_yardstick"), 2),
-                "pct_matmul_peak": _number(fraction and 100 * fraction, 0),
-                "epoch_vs_model_only": _number(run.get("epoch_vs_model_only"), 2),
-                "epoch_images_per_s": _number(run.get("epoch_images_per_s"), 0),
-                "infer_images_per_s": _number(run.get("infer_images_per_s"), 0),
-                "compile_s": _number(run.get("compile_seconds"), 1),
-                "peak_rss_mib": _number(run.get("peak_rss_mib"), 0),
-                "first_step_loss": _number(run.get("first_step_loss"), 6),
-                "same_work": "" if same_work is None else ("yes" if same_work else "no"),
-                "note": "",
-            })
+            table.append(
+                {
+                    **row,
+                    "devices": run.get("devices", ""),
+                    "train_images_per_s": _number(run["train_images_per_s"], 0),
+                    "window_slowest": slowest,
+                    "window_fastest": fastest,
+                    "x_yardstick": _number(run.get("ratio_to_yardstick"), 2),
+                    "pct_matmul_peak": _number(fraction and 100 * fraction, 0),
+                    "epoch_vs_model_only": _number(run.get("epoch_vs_model_only"), 2),
+                    "epoch_images_per_s": _number(run.get("epoch_images_per_s"), 0),
+                    "infer_images_per_s": _number(run.get("infer_images_per_s"), 0),
+                    "compile_s": _number(run.get("compile_seconds"), 1),
+                    "peak_rss_mib": _number(run.get("peak_rss_mib"), 0),
+                    "first_step_loss": _number(run.get("first_step_loss"), 6),
+                    "same_work": "" if same_work is None else ("yes" if same_work else "no"),
+                    "note": "",
+                }
+            )
     return table
 
 

@@ -12,10 +12,10 @@ import tempfile
 
 import numpy as np
 
-from keras_vitbn.utils.machine import cpu_id
+from keras_vitbn.data.locations import data_root
 from keras_vitbn.runtime import allocator, auto_distribute, performance
 from keras_vitbn.tools.benchmark.worker import compute_dtype
-from keras_vitbn.data.locations import data_root
+from keras_vitbn.utils.machine import cpu_id
 
 BACKENDS = ("jax", "tensorflow", "torch")
 MODELS = {"vit_bnffn": "ViTBNFFN", "vit": "ViT"}
@@ -83,15 +83,22 @@ class Worker:
         backend = spec["backend"] if spec["backend"] != "yardstick" else "torch"
         # The trainers' malloc settings (JAX only), from the start: see keras_vitbn.runtime.allocator.
         env = {
-            **os.environ, **performance.thread_environment(threads), **allocator.training_environment(backend),
-            "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {}),
+            **os.environ,
+            **performance.thread_environment(threads),
+            **allocator.training_environment(backend),
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            **(env or {}),
         }
         env["KERAS_BACKEND"] = backend
         self.stderr_path = os.path.join(workdir, f"{name}.stderr")
-        self._stderr = open(self.stderr_path, "w")  # a file, not a pipe: a full pipe would block the worker
+        self._stderr = open(self.stderr_path, "w")  # noqa: SIM115 (closed in close()); a file, not a pipe: a full pipe would block the worker
         self.process = subprocess.Popen(
             [sys.executable, "-m", "keras_vitbn.tools.benchmark.worker", spec_path],
-            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
         )
         self._answer()  # {"ready": ...} once set up, or None with self.error set
 
@@ -109,7 +116,7 @@ class Worker:
             self.process.wait()
             self._stderr.flush()
             with open(self.stderr_path) as f:
-                tail = [l for l in f.read().strip().splitlines() if l.strip()]
+                tail = [line for line in f.read().strip().splitlines() if line.strip()]
             self.error = tail[-1] if tail else f"exited with status {self.process.returncode}"
         return None
 
@@ -152,7 +159,7 @@ def measure_interleaved(specs, workdir, threads, timeout, windows, epoch_repeats
             rounds.append(("infer", 1 + infer_repeats))
         for command, repeats in rounds:
             for _ in range(repeats):
-                for label, worker in workers.items():
+                for worker in workers.values():
                     worker.ask(command)
             log(f"[benchmark]   {command}: {repeats} round(s) done")
         results = {}
@@ -232,10 +239,19 @@ def run_benchmark(
             "load_average_start": os.getloadavg(),
         },
         "config": {
-            "depth": depth, "batch_size": batch_size, "steps": steps, "windows": windows, "jit": jit,
-            "settings": settings, "steps_per_execution": steps_per_execution, "epoch_images": epoch_images,
-            "infer_batch": infer_batch, "learning_rate": learning_rate, "dtype_policy": dtype_policy,
-            "optimizer": "Adam(lr, epsilon=1e-8)", "image_shape": [28, 28, 1],
+            "depth": depth,
+            "batch_size": batch_size,
+            "steps": steps,
+            "windows": windows,
+            "jit": jit,
+            "settings": settings,
+            "steps_per_execution": steps_per_execution,
+            "epoch_images": epoch_images,
+            "infer_batch": infer_batch,
+            "learning_rate": learning_rate,
+            "dtype_policy": dtype_policy,
+            "optimizer": "Adam(lr, epsilon=1e-8)",
+            "image_shape": [28, 28, 1],
             "training_flops_per_image": performance.vit_training_flops(depth),
         },
         "runs": {},
@@ -249,18 +265,35 @@ def run_benchmark(
             weights_path = os.path.join(workdir, f"{model}-weights.npz")
             np.savez(weights_path, **initial_weights(model, depth))
             base = {
-                "model": model, "variant": model, "depth": depth, "batch_size": batch_size, "steps": steps,
-                "windows": windows, "jit": jit, "settings": settings, "steps_per_execution": steps_per_execution,
-                "threads": threads, "weights": weights_path, "data": data_path, "epoch_images": epoch_images,
-                "epoch_repeats": epoch_repeats, "epoch_dataset": epoch_dataset, "epoch_source": epoch_source,
-                "epoch_data_dir": epoch_data_dir, "infer_batch": infer_batch, "infer_repeats": infer_repeats,
-                "learning_rate": learning_rate, "dtype_policy": dtype_policy,
+                "model": model,
+                "variant": model,
+                "depth": depth,
+                "batch_size": batch_size,
+                "steps": steps,
+                "windows": windows,
+                "jit": jit,
+                "settings": settings,
+                "steps_per_execution": steps_per_execution,
+                "threads": threads,
+                "weights": weights_path,
+                "data": data_path,
+                "epoch_images": epoch_images,
+                "epoch_repeats": epoch_repeats,
+                "epoch_dataset": epoch_dataset,
+                "epoch_source": epoch_source,
+                "epoch_data_dir": epoch_data_dir,
+                "infer_batch": infer_batch,
+                "infer_repeats": infer_repeats,
+                "learning_rate": learning_rate,
+                "dtype_policy": dtype_policy,
                 "yardstick_options": yardstick_options or {},
             }
             labels = (("yardstick",) if yardstick else ()) + tuple(backends)
             log(f"[benchmark] {MODELS[model]}: {', '.join(labels)}, interleaved")
-            specs = {label: ({**base, "backend": label}, _worker_env(label, model, depth, settings, threads))
-                     for label in labels}
+            specs = {
+                label: ({**base, "backend": label}, _worker_env(label, model, depth, settings, threads))
+                for label in labels
+            }
             runs = measure_interleaved(specs, workdir, threads, timeout, windows, epoch_repeats, infer_repeats, log)
             for label, run in runs.items():
                 if "error" in run:
@@ -279,14 +312,16 @@ def run_benchmark(
 def _derive(results):
     """Ratios to the yardstick, FLOP/s as a fraction of the matmul peak, and the correctness guard."""
     flops = results["config"]["training_flops_per_image"]
-    peaks = [r["matmul_peak_flops"] for runs in results["runs"].values() for r in runs.values() if "matmul_peak_flops" in r]
+    peaks = [
+        r["matmul_peak_flops"] for runs in results["runs"].values() for r in runs.values() if "matmul_peak_flops" in r
+    ]
     peak = max(peaks) if peaks else None
     results["machine"]["matmul_peak_flops"] = peak
     first_atol, warm_rtol = guard_tolerances(results["config"].get("dtype_policy"))
     guard_ok = True
     for runs in results["runs"].values():
         reference = runs.get("yardstick", {})
-        for backend, run in runs.items():
+        for run in runs.values():
             if "error" in run:
                 guard_ok = False
                 continue
@@ -297,7 +332,9 @@ def _derive(results):
             if "train_images_per_s" in reference:
                 run["ratio_to_yardstick"] = run["train_images_per_s"] / reference["train_images_per_s"]
                 first = abs(run["first_step_loss"] - reference["first_step_loss"])
-                warm = abs(run["warmup_epoch_loss"] - reference["warmup_epoch_loss"]) / abs(reference["warmup_epoch_loss"])
+                warm = abs(run["warmup_epoch_loss"] - reference["warmup_epoch_loss"]) / abs(
+                    reference["warmup_epoch_loss"]
+                )
                 run["first_step_loss_diff"] = first
                 run["warmup_loss_rel_diff"] = warm
                 run["same_work"] = bool(first <= first_atol and warm <= warm_rtol)
@@ -339,11 +376,13 @@ def format_markdown(results):
             if "error" in r:
                 lines.append(f"| {MODELS[model]} | {backend} | failed: {r['error']} |" + " |" * 12)
                 continue
-            settings = ", ".join(f"{k}={v}" for k, v in {**r.get("settings", {}), "devices": r.get("devices")}.items()
-                                 if v is not None)
+            settings = ", ".join(
+                f"{k}={v}" for k, v in {**r.get("settings", {}), "devices": r.get("devices")}.items() if v is not None
+            )
+            peak = r["fraction_of_matmul_peak"]
             lines.append(
                 f"| {MODELS[model]} | {backend} | {settings} | {r['train_images_per_s']:.0f} | {window_range(r)} | "
-                f"{_fmt(r.get('ratio_to_yardstick'), '.2f')} | {_fmt(r['fraction_of_matmul_peak'] and 100 * r['fraction_of_matmul_peak'], '.0f')} | "
+                f"{_fmt(r.get('ratio_to_yardstick'), '.2f')} | {_fmt(peak and 100 * peak, '.0f')} | "
                 f"{_fmt(r.get('epoch_images_per_s'), '.0f')} | {_fmt(r.get('epoch_vs_model_only'), '.2f')} | "
                 f"{_fmt(r.get('infer_images_per_s'), '.0f')} ({c['infer_batch']}) | {r['compile_seconds']:.1f} | "
                 f"{r['peak_rss_mib']:.0f} | {r['first_step_loss']:.6f} | {r['warmup_epoch_loss']:.5f} | "

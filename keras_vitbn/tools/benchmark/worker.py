@@ -158,7 +158,9 @@ class _Session:
         if self.epoch_times:
             _, images, description = self.epoch_data
             r.update(
-                epoch_images=images, epoch_seconds=self.epoch_times, epoch_data=description,
+                epoch_images=images,
+                epoch_seconds=self.epoch_times,
+                epoch_data=description,
                 epoch_images_per_s=images / statistics.median(self.epoch_times),
             )
         if self.infer_times:

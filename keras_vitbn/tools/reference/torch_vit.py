@@ -90,8 +90,12 @@ class FeedForwardLN(nn.Module):
     def __init__(self, dim, hidden, dropout):
         super().__init__()
         self.net = nn.Sequential(
-            nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
-            nn.Linear(hidden, dim), nn.Dropout(dropout),
+            nn.LayerNorm(dim),
+            nn.Linear(dim, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, dim),
+            nn.Dropout(dropout),
         )
 
     def forward(self, x):
@@ -163,8 +167,22 @@ class ReferenceViT(nn.Module):
     """
 
     def __init__(
-        self, variant, depth, image_size=28, patch_size=7, channels=1, num_classes=10, dim=64, heads=8,
-        dim_head=64, mlp_dim=128, pool="cls", dropout=0.0, emb_dropout=0.0, attention="math", bn_transpose=True,
+        self,
+        variant,
+        depth,
+        image_size=28,
+        patch_size=7,
+        channels=1,
+        num_classes=10,
+        dim=64,
+        heads=8,
+        dim_head=64,
+        mlp_dim=128,
+        pool="cls",
+        dropout=0.0,
+        emb_dropout=0.0,
+        attention="math",
+        bn_transpose=True,
     ):
         super().__init__()
         if variant not in VARIANTS:
@@ -183,9 +201,7 @@ class ReferenceViT(nn.Module):
         setattr(self, self.position_name, nn.Parameter(torch.randn(1, num_patches + 1, dim)))
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
         self.dropout = nn.Dropout(emb_dropout)
-        self.transformer = Transformer(
-            dim, depth, heads, dim_head, mlp_dim, dropout, variant, attention, bn_transpose
-        )
+        self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, dropout, variant, attention, bn_transpose)
         self.head_name = "mlp_head" if variant == "vit" else "linear_head"
         setattr(self, self.head_name, nn.Linear(dim, num_classes))
 
@@ -207,7 +223,9 @@ def architecture_of(state):
     grid = int(round((position.shape[1] - 1) ** 0.5))
     channels = 3 if patch_dim % 3 == 0 and int(round((patch_dim // 3) ** 0.5)) ** 2 == patch_dim // 3 else 1
     patch_size = int(round((patch_dim // channels) ** 0.5))
-    hidden = state["transformer.layers.0.1.BN.weight" if variant == "vit_bnffn" else "transformer.layers.0.1.net.1.weight"]
+    hidden = state[
+        "transformer.layers.0.1.BN.weight" if variant == "vit_bnffn" else "transformer.layers.0.1.net.1.weight"
+    ]
     return variant, {
         "depth": depth,
         "image_size": grid * patch_size,
@@ -223,7 +241,10 @@ def load_reference(path, heads=8, **options):
     """Builds the `ReferenceViT` of a reference `.pth` and loads it with strict=True (eval mode)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     variant, arguments = architecture_of(state)
-    inner = state[next(k for k in state if k.endswith("0.0.to_qkv.weight") or k.endswith("0.0.patch_emb.weight"))].shape[0] // 3
+    inner = (
+        state[next(k for k in state if k.endswith("0.0.to_qkv.weight") or k.endswith("0.0.patch_emb.weight"))].shape[0]
+        // 3
+    )
     model = ReferenceViT(variant, heads=heads, dim_head=inner // heads, **arguments, **options)
     model.load_state_dict(state, strict=True)
     return model.eval()
