@@ -30,6 +30,8 @@ import urllib.parse
 
 import numpy as np
 
+from keras_vitbn.utils.machine import code_commit, cpu_id
+
 DEFAULT_OUT = os.path.join("results", "benchmarks", "serve_load.csv")
 COLUMNS = (
     "date",
@@ -153,16 +155,13 @@ def run_load(url, requests=400, clients=8, images_per_request=1, timeout=60):
 
 def append_row(path, figures, command, note=""):
     """Appends one row of `COLUMNS` to a CSV file (written with its header when new)."""
-    from keras_vitbn.tools.benchmark.results_csv import _code_commit
-    from keras_vitbn.utils.machine import cpu_id
-
     now = datetime.datetime.now(datetime.timezone.utc)
     row = {
         "date": now.strftime("%Y-%m-%d"),
         "time_utc": now.strftime("%H:%M"),
         "cpu": cpu_id(),
         "cpu_count": os.cpu_count(),
-        "code_commit": _code_commit(),
+        "code_commit": code_commit(),
         "command": command,
         "note": note,
         **{k: figures[k] for k in COLUMNS if k in figures},

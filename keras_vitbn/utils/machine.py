@@ -1,7 +1,8 @@
-"""What a measurement depends on: the CPU (with its generation), its cores and how busy it is."""
+"""What a measurement depends on: the CPU (with its generation), its cores, how busy it is, and the code."""
 
 import os
 import platform
+import subprocess
 
 
 def cpu_id():
@@ -37,3 +38,12 @@ def load_average():
 def machine_info():
     """The CPU, its cores and the load average now: recorded beside every timing."""
     return dict(cpu=cpu_id(), cores=os.cpu_count(), load_start=load_average())
+
+
+def code_commit():
+    """The short commit of the git checkout in the current folder, or "" outside one (an installed package)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""

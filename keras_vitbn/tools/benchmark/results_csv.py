@@ -10,9 +10,9 @@ import csv
 import datetime
 import os
 import re
-import subprocess
 
 from keras_vitbn.tools.benchmark.run import MODELS, window_range
+from keras_vitbn.utils.machine import code_commit as current_commit  # `rows` takes a code_commit argument
 
 DEFAULT_DIRECTORY = os.path.join("results", "benchmarks")
 COLUMNS = (
@@ -51,15 +51,6 @@ def _number(value, digits):
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def _code_commit():
-    """The checkout's short commit, or "" outside a git checkout (an installed package)."""
-    try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return done.stdout.strip() if done.returncode == 0 else ""
-
-
 def _command(results):
     # Under `python -m`, sys.argv[0] is the path of __main__.py: name the module instead.
     words = results.get("command", "").split()
@@ -84,7 +75,7 @@ def rows(results, output="", code_commit=None):
         "cpu": machine.get("cpu_id") or machine.get("processor", ""),
         "cpu_count": machine.get("cpu_count", ""),
         "matmul_peak_gflops": _number(peak and peak / 1e9, 0),
-        "code_commit": _code_commit() if code_commit is None else code_commit,
+        "code_commit": current_commit() if code_commit is None else code_commit,
         "command": _command(results),
         "output": output,
         "dtype_policy": config.get("dtype_policy") or "float32",
