@@ -24,8 +24,11 @@ choice and sets Keras' distribution.
 
 import os
 import sys
+import types
 
 import keras
+
+from keras_vitbn.models.registry import is_vit
 
 CPU_DEVICES = 2  # the measured setting; more devices than cores only adds overhead
 MIN_DEPTH = 3  # depth 1 gained nothing measurable, depth 3 about 1.2x
@@ -34,8 +37,6 @@ DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
 def worth_it(model, depth):
     """Whether data parallelism over CPU devices was measured faster for this model."""
-    from keras_vitbn.models.registry import is_vit
-
     return is_vit(model) and depth is not None and int(depth) >= MIN_DEPTH
 
 
@@ -121,8 +122,6 @@ def apply_default(model, depth, batch_size, train_images, eval_sizes=()):
 
     Returns (device count, why).
     """
-    import types
-
     # The fields `choose` reads, not a TrainConfig: its checks import the tf.data module, and the
     # benchmark's workers also run where only JAX or PyTorch is installed.
     config = types.SimpleNamespace(model=model, depth=depth, batch_size=batch_size, distribute=None)
