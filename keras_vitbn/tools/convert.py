@@ -14,6 +14,8 @@ import os
 import re
 import sys
 
+from keras_vitbn.models import create_model
+from keras_vitbn.utils import files
 from keras_vitbn.utils.cli_errors import ArgumentParser, command
 
 # Reference key names per part; the two published checkpoints name a few parts differently.
@@ -138,8 +140,6 @@ def weight_map(state, variant, depth):
 
 def convert_state_dict(state, heads=8, channels=None):
     """Builds the Keras model for a reference state dict and copies every weight into it."""
-    from keras_vitbn.models import create_model
-
     variant, arguments = infer_architecture(state, heads=heads, channels=channels)
     model = create_model(variant, **arguments)
     mapping = weight_map(state, variant, arguments["depth"])
@@ -163,8 +163,6 @@ def convert_state_dict(state, heads=8, channels=None):
 
 def convert_checkpoint(checkpoint_path, output_path, heads=8, channels=None):
     """Converts a reference `.pth` into a `.keras` file; returns the Keras model."""
-    from keras_vitbn.utils import files
-
     if not str(output_path).endswith(".keras"):
         raise CheckpointError(f"output {output_path} must end in .keras")
     directory = os.path.dirname(os.path.abspath(output_path))

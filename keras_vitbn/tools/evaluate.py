@@ -13,10 +13,13 @@ import json
 import os
 import sys
 
+import keras
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # a command line: keep TensorFlow's C++ log lines out of it
 
+from keras_vitbn.data import augment as augment_lib
+from keras_vitbn.data.idx import load_idx_split
 from keras_vitbn.tools.predict import InputError, class_names_for, input_spec, load_model, softmax
 from keras_vitbn.utils import files
 from keras_vitbn.utils.cli_errors import ArgumentParser, command, positive_int
@@ -30,8 +33,8 @@ def confusion_matrix(labels, predictions, num_classes):
 
 def _test_split(dataset, data_dir, source, num_classes=None):
     """The test Split and what it is; IDX labels are checked against the model's `num_classes`."""
+    # deferred: the tf.data module loads TensorFlow (optional, slow to start): a bad command line fails first
     from keras_vitbn.data import datasets
-    from keras_vitbn.data.idx import load_idx_split
 
     if data_dir:
         hint = f"; the model has {num_classes} classes: is this the data it was trained for?"
@@ -44,8 +47,7 @@ def _test_split(dataset, data_dir, source, num_classes=None):
 
 def evaluate_model(model, split, test_augment="article", test_seed=1234, batch_size=500):
     """Runs the clean and augmented protocols; returns a dict of results per protocol."""
-    from keras_vitbn.data import augment as augment_lib
-    from keras_vitbn.data import datasets
+    from keras_vitbn.data import datasets  # deferred: tf.data loads TensorFlow, as in `_test_split`
 
     height, width, channels = input_spec(model)
     if tuple(split.image_shape) != (height, width, channels):
@@ -151,8 +153,6 @@ def main(argv=None):
     except (InputError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    import keras
-
     if args.json:
         print(json.dumps({"model": args.model, "backend": keras.backend.backend(), "data": data, "results": results}))
         return 0
