@@ -25,8 +25,10 @@ import sys
 import warnings
 import zipfile
 
+import keras
 import numpy as np
 
+import keras_vitbn  # noqa: F401  (registers the custom layers that load_model reads)
 from keras_vitbn.utils.cli_errors import ArgumentParser, command, debug
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # a command line: keep TensorFlow's C++ log lines out of it
@@ -62,10 +64,6 @@ def load_model(path):
         raise InputError(f"model path {path} is a directory, not a .keras file")
     if not zipfile.is_zipfile(path):
         raise InputError(f"cannot load model {path}: not a .keras file (a .keras file is a zip archive)")
-    import keras
-
-    import keras_vitbn  # noqa: F401  (registers the custom layers)
-
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as error:  # zip, JSON, h5 and config errors alike
@@ -165,10 +163,32 @@ _MODES_16 = ("I;16", "I;16L", "I;16B", "I;16N")
 
 def _decode(image, name, height, width, channels, invert):
     """The opened image as a (height, width, channels) float32 array in [0, 1], and notes."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     notes = []
     original_mode, original_size = image.mode, image.size
+    image = _load_upright(image, width, height, notes)
+    image, scale = _readable_mode(image, name, notes)
+    if image.size != (width, height):
+        # Pillow resizes RGBA/LA with premultiplied alpha, and F (16-bit data) without rounding to bytes.
+        image = image.resize((width, height), Image.BILINEAR)
+        notes.append(f"resized {original_size[0]}x{original_size[1]} to {width}x{height}")
+    array = np.asarray(image, np.float32) / scale
+    if scale == 1.0 and (not np.all(np.isfinite(array)) or array.min() < 0.0 or array.max() > 1.0):
+        raise InputError(
+            f"image {name} has floating-point pixels outside [0, 1] "
+            f"({np.nanmin(array):g} to {np.nanmax(array):g}); scale it to [0, 1] or save it as an 8- or 16-bit image"
+        )
+    array = _to_channels(array.reshape(height, width, -1), channels, original_mode, notes)
+    if channels == 1 and invert != "never":
+        array = _light_on_dark(array, invert, notes)
+    return np.ascontiguousarray(array, np.float32), notes
+
+
+def _load_upright(image, width, height, notes):
+    """Decodes the first frame, turned upright per its EXIF orientation."""
+    from PIL import ImageOps
+
     frames = getattr(image, "n_frames", 1)
     if image.format == "JPEG":
         image.draft(image.mode, (width, height))  # decode a large photo at 1/2, 1/4 or 1/8 scale: less memory
@@ -179,7 +199,11 @@ def _decode(image, name, height, width, channels, invert):
     if orientation not in (1, None):
         image = ImageOps.exif_transpose(image)
         notes.append("rotated per its EXIF orientation")
+    return image
 
+
+def _readable_mode(image, name, notes):
+    """(image, scale): the image in a mode numpy reads (L, RGB, RGBA, LA or F) and its full-scale value."""
     mode, scale = image.mode, 255.0
     if mode in _MODES_16 or (mode == "I" and image.format == "PNG"):
         image, scale = image.convert("F"), 65535.0
@@ -207,19 +231,11 @@ def _decode(image, name, height, width, channels, invert):
         raise InputError(
             f"image {name} has pixel mode {mode}, which is not supported; save it as an RGB or grey PNG or JPEG"
         )
+    return image, scale
 
-    if image.size != (width, height):
-        # Pillow resizes RGBA/LA with premultiplied alpha, and F (16-bit data) without rounding to bytes.
-        image = image.resize((width, height), Image.BILINEAR)
-        notes.append(f"resized {original_size[0]}x{original_size[1]} to {width}x{height}")
-    array = np.asarray(image, np.float32) / scale
-    if scale == 1.0 and (not np.all(np.isfinite(array)) or array.min() < 0.0 or array.max() > 1.0):
-        raise InputError(
-            f"image {name} has floating-point pixels outside [0, 1] "
-            f"({np.nanmin(array):g} to {np.nanmax(array):g}); scale it to [0, 1] or save it as an 8- or 16-bit image"
-        )
-    array = array.reshape(height, width, -1)
 
+def _to_channels(array, channels, original_mode, notes):
+    """Transparency flattened, then grey or colour as the model takes it."""
     if array.shape[-1] in (2, 4):  # grey or colour with alpha
         colour, alpha = array[..., :-1], array[..., -1:]
         ink = _luma(colour)[..., 0]
@@ -237,13 +253,16 @@ def _decode(image, name, height, width, channels, invert):
             raise InputError(f"the model takes {channels}-channel images; it cannot be fed a {original_mode} image")
     if (original_mode not in ("L", "1") and channels == 1) or (original_mode != "RGB" and channels == 3):
         notes.append(f"converted {original_mode} to {'grey' if channels == 1 else 'RGB'}")
+    return array
 
-    if channels == 1 and invert != "never":
-        border = np.concatenate([array[0].ravel(), array[-1].ravel(), array[:, 0].ravel(), array[:, -1].ravel()])
-        if invert == "always" or border.mean() > 0.5:
-            array = 1.0 - array
-            notes.append("inverted to a light figure on black" + (" (bright background)" if invert == "auto" else ""))
-    return np.ascontiguousarray(array, np.float32), notes
+
+def _light_on_dark(array, invert, notes):
+    """A grey image inverted when asked to, or ("auto") when its border is bright: MNIST's light figure on black."""
+    border = np.concatenate([array[0].ravel(), array[-1].ravel(), array[:, 0].ravel(), array[:, -1].ravel()])
+    if invert == "always" or border.mean() > 0.5:
+        array = 1.0 - array
+        notes.append("inverted to a light figure on black" + (" (bright background)" if invert == "auto" else ""))
+    return array
 
 
 def _luma(rgb):
