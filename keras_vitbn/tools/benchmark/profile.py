@@ -33,6 +33,12 @@ import sys
 import tempfile
 import time
 
+import keras
+import numpy as np
+
+from keras_vitbn.models import create_model
+from keras_vitbn.models.registry import is_vit
+from keras_vitbn.runtime import allocator, auto_distribute, performance
 from keras_vitbn.tools.benchmark import op_table
 
 # The article's 28x28 models, which the profiler feeds; the 224x224 CNNs are GPU-sized.
@@ -64,8 +70,6 @@ def profile_training(
         threads: int. CPU threads; None: every core.
         output: str. Folder for ops.md, ops.json, trace/ and hlo/.
     """
-    from keras_vitbn.runtime import allocator, auto_distribute, performance
-
     backend = backend or os.environ.get("KERAS_BACKEND") or "jax"
     if model not in PROFILED_MODELS:
         raise ValueError(f"unknown model {model!r}: choose one of {', '.join(PROFILED_MODELS)}")
@@ -132,13 +136,8 @@ def load_profile(path):
 
 def _profile_here(spec):
     """The worker: set up, warm up, trace, write ops.json and ops.md."""
-    import keras
-    import numpy as np
-
+    # deferred: the tf.data pipeline loads TensorFlow, which only this worker process needs
     from keras_vitbn.data import Split, make_pipeline
-    from keras_vitbn.models import create_model
-    from keras_vitbn.models.registry import is_vit
-    from keras_vitbn.runtime import auto_distribute, performance
 
     backend = keras.backend.backend()
     performance.set_threads(spec["threads"], backend)

@@ -13,6 +13,8 @@ with the others': a slow minute of a shared machine slows every backend alike
 instead of the one that happened to run then.
 """
 
+import contextlib
+import importlib.util
 import json
 import os
 import resource
@@ -20,14 +22,18 @@ import statistics
 import sys
 import time
 
+import keras
+import numpy as np
+
+from keras_vitbn.runtime import auto_distribute, performance
+from keras_vitbn.tools.convert import convert_state_dict
+
 
 def _peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
 def _load_inputs(spec):
-    import numpy as np
-
     data = np.load(spec["data"])
     return data["x"], data["y"], data["x_infer"]
 
@@ -50,7 +56,6 @@ def _torch_sync(torch):
 
 
 def _torch_matmul_peak(dtype):
-    import numpy as np
     import torch
 
     a = torch.from_numpy(np.random.default_rng(0).random((2048, 2048), dtype=np.float32))
@@ -77,6 +82,7 @@ def _timed(function):
 
 def _real_epoch_data(spec):
     """The trainers' real input pipeline (article augmentation): (dataset, images, description)."""
+    # deferred: the trainers' tf.data pipeline loads TensorFlow, which the other measurements do without
     from keras_vitbn.training import TrainConfig, load_data
 
     config = TrainConfig(
@@ -101,11 +107,9 @@ def _in_memory_pipeline(x, y, batch):
     Where TensorFlow is not installed (a machine with only JAX or PyTorch), the arrays
     themselves, which `KerasSession._fit` hands to Keras to batch in order.
     """
-    import importlib.util
-
     if importlib.util.find_spec("tensorflow") is None:
         return (x, y, batch)
-    from keras_vitbn.data import Split, make_pipeline
+    from keras_vitbn.data import Split, make_pipeline  # deferred: tf.data, only where TensorFlow is installed
 
     return make_pipeline(Split.from_arrays(x, y, int(y.max()) + 1, "benchmark images"), batch)
 
@@ -175,8 +179,6 @@ class _Session:
 
 def _keras_matmul_peak(backend, dtype="float32"):
     """The backend's best (2048 x 2048) matrix product in `dtype`, on the device it trains on."""
-    import numpy as np
-
     a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
     if backend == "jax":
         import jax
@@ -194,8 +196,6 @@ def _keras_matmul_peak(backend, dtype="float32"):
 
 
 def _compile_kwargs(spec, backend):
-    from keras_vitbn.runtime import performance
-
     if spec["settings"] == "keras-default":
         settings = dict(performance.KERAS_DEFAULT_SETTINGS)
     else:
@@ -212,15 +212,8 @@ def _compile_kwargs(spec, backend):
 class KerasSession(_Session):
     def __init__(self, spec):
         super().__init__(spec)
-        import keras
-        import numpy as np
-
-        from keras_vitbn.runtime import performance
-        from keras_vitbn.tools.convert import convert_state_dict
-
         backend = keras.backend.backend()
         performance.set_threads(spec["threads"], backend)
-        self.keras = keras
         self.result.update(backend=backend, keras=keras.__version__)
         self.result["matmul_peak_flops"] = _keras_matmul_peak(backend, compute_dtype(spec))
         if spec.get("dtype_policy") not in (None, "float32"):
@@ -249,8 +242,6 @@ class KerasSession(_Session):
 
     def _trainer_distribution(self, spec):
         """The trainers' default: data parallel where `auto_distribute` chooses it; returns the device count."""
-        from keras_vitbn.runtime import auto_distribute
-
         if spec["settings"] == "keras-default":
             return 1
         eval_sizes = ([len(self.x_infer)] if spec.get("infer_batch") else []) + (
@@ -275,8 +266,7 @@ class KerasSession(_Session):
         return _timed(lambda: self._fit(dataset))
 
     def _infer(self):
-        ops = self.keras.ops
-        return _timed(lambda: ops.convert_to_numpy(self.model.predict_on_batch(self.x_infer)))
+        return _timed(lambda: keras.ops.convert_to_numpy(self.model.predict_on_batch(self.x_infer)))
 
 
 # ------------------------------------------------------------------ the plain-PyTorch yardstick
@@ -285,10 +275,10 @@ class KerasSession(_Session):
 class YardstickSession(_Session):
     def __init__(self, spec):
         super().__init__(spec)
-        import numpy as np
         import torch
         import torch.nn.functional as F
 
+        # deferred: the reference imports PyTorch, optional and needed only by this process, the yardstick
         from keras_vitbn.tools.reference.torch_vit import ReferenceViT
 
         torch.set_num_threads(spec["threads"])
@@ -321,8 +311,6 @@ class YardstickSession(_Session):
         self.result["peak_rss_train_mib"] = _peak_rss_mib()
 
     def _autocast(self):
-        import contextlib
-
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return self.torch.autocast(self.device.type, dtype=self.autocast_dtype)
