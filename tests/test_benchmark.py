@@ -17,7 +17,7 @@ import pytest
 from keras_vitbn.runtime import performance
 from keras_vitbn.tools.benchmark import format_markdown, run_benchmark, write_results
 from keras_vitbn.tools.benchmark.__main__ import build_parser
-from keras_vitbn.tools.benchmark.run import FIRST_STEP_ATOL, WARMUP_LOSS_RTOL, _derive, guard_tolerances
+from keras_vitbn.tools.benchmark.run import FIRST_STEP_ATOL, WARMUP_LOSS_RTOL, add_derived_figures, guard_tolerances
 from keras_vitbn.utils.files import read_json
 
 pytest.importorskip("torch")
@@ -115,6 +115,15 @@ def test_bad_arguments_raise():
         run_benchmark(backends=["mxnet"])
     with pytest.raises(ValueError, match="multiple of the batch size"):
         run_benchmark(epoch_images=150, batch_size=100)
+
+
+def test_the_data_folder_is_found_when_the_benchmark_runs(monkeypatch):
+    from keras_vitbn.data import locations
+
+    assert build_parser().parse_args([]).data_root is None  # not a path fixed when the package was imported
+    monkeypatch.setattr(locations, "data_root", lambda: None)  # no $KERAS_VITBN_DATA
+    with pytest.raises(ValueError, match="none was found: set KERAS_VITBN_DATA, pass --epoch-data-dir"):
+        run_benchmark(models=["vit"], backends=["jax"])
 
 
 def test_smoke_run_same_work_as_yardstick(tmp_path, shared_data):
@@ -216,8 +225,8 @@ def test_guard_tolerances_follow_the_dtype_policy():
         }
 
     float32, mixed = results("float32"), results("mixed_bfloat16")
-    _derive(float32)
-    _derive(mixed)
+    add_derived_figures(float32)
+    add_derived_figures(mixed)
     assert float32["same_work"] is False and mixed["same_work"] is True
     assert guard_tolerances(None) == guard_tolerances("float32") == (FIRST_STEP_ATOL, WARMUP_LOSS_RTOL)
 
@@ -278,7 +287,7 @@ def test_results_csv_rows_and_appending(tmp_path):
                 "vit": {"yardstick": run(800.0, 2.3), "jax": run(1000.0, 2.30001), "torch": {"error": "exit status 1"}}
             },
         }
-        _derive(found)
+        add_derived_figures(found)
         return found
 
     measured = results("float32")

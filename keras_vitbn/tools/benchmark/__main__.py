@@ -5,14 +5,7 @@ import os
 import sys
 
 from keras_vitbn.tools.benchmark import results_csv
-from keras_vitbn.tools.benchmark.run import (
-    BACKENDS,
-    DEFAULT_DATA,
-    MODELS,
-    format_markdown,
-    run_benchmark,
-    write_results,
-)
+from keras_vitbn.tools.benchmark.run import BACKENDS, MODELS, format_markdown, run_benchmark, write_results
 from keras_vitbn.training.config import DTYPE_POLICIES
 from keras_vitbn.utils.cli_errors import ArgumentParser, command
 from keras_vitbn.utils.machine import cpu_id
@@ -49,7 +42,7 @@ def build_parser():
     parser.add_argument("--epoch-repeats", type=int, default=3, help="timed real epochs after a warm-up epoch (median)")
     parser.add_argument("--epoch-dataset", default="fashion_mnist")
     parser.add_argument("--epoch-source", default="idx", help="data source of the real epoch (see TrainConfig)")
-    parser.add_argument("--epoch-data-dir", default=None, help="IDX directory (default: shared/data/fashion-mnist)")
+    parser.add_argument("--epoch-data-dir", default=None, help="IDX directory (default: DATA_ROOT/fashion-mnist)")
     parser.add_argument("--infer-batch", type=int, default=5000, help="inference batch; 0 skips inference")
     parser.add_argument("--infer-repeats", type=int, default=3)
     parser.add_argument(
@@ -67,7 +60,10 @@ def build_parser():
         help="yardstick attention: the reference's matmul-softmax-matmul (math) or PyTorch SDPA",
     )
     parser.add_argument(
-        "--data-root", default=DEFAULT_DATA, help="the data folder (default: $KERAS_VITBN_DATA or ../shared/data)"
+        "--data-root",
+        default=None,
+        help="the data folder (default: $KERAS_VITBN_DATA); without one the timed batches are random pixels "
+        "and the real epoch needs --epoch-data-dir",
     )
     parser.add_argument(
         "--output", default=None, help="write OUTPUT.json and OUTPUT.md (default runs/benchmark/<time>)"

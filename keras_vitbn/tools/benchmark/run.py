@@ -12,7 +12,8 @@ import tempfile
 
 import numpy as np
 
-from keras_vitbn.data.locations import data_root
+from keras_vitbn.data import locations
+from keras_vitbn.data.idx import read_idx
 from keras_vitbn.runtime import allocator, auto_distribute, performance
 from keras_vitbn.tools.benchmark.worker import compute_dtype
 from keras_vitbn.utils.machine import cpu_id
@@ -38,16 +39,11 @@ def guard_tolerances(dtype_policy):
     return FIRST_STEP_ATOL, WARMUP_LOSS_RTOL
 
 
-DEFAULT_DATA = data_root()  # $KERAS_VITBN_DATA or ../shared/data; None: random pixels, no real epoch
-
-
 def _inputs(data_root, images, infer_images, seed=0):
     """Real MNIST test digits (NHWC float32 in [0, 1]) if available, else random pixels."""
     path = os.path.join(data_root or "", "mnist-test", "t10k-images-idx3-ubyte.gz")
     rng = np.random.default_rng(seed)
     if os.path.isfile(path):
-        from keras_vitbn.data.idx import read_idx
-
         pool = read_idx(path)[..., None].astype("float32") / 255.0
         labels = read_idx(path.replace("t10k-images-idx3", "t10k-labels-idx1")).astype("int64")
         source = "MNIST test images"
@@ -64,6 +60,7 @@ def initial_weights(variant, depth, seed=0):
     """The reference PyTorch model's initialisation (torch.manual_seed), as {key: numpy}."""
     import torch
 
+    # deferred: the reference imports PyTorch, optional: a run needs it, the tables and CSV rows of results do not
     from keras_vitbn.tools.reference.torch_vit import ReferenceViT
 
     torch.manual_seed(seed)
@@ -180,6 +177,22 @@ def _worker_env(backend, model, depth, settings, threads):
     return env if auto_distribute.request_cpu_devices(model, depth, environ=env, backend="jax") else None
 
 
+# The settings recorded in the results' "config", in this order; the worker spec carries them all.
+CONFIG_KEYS = (
+    "depth",
+    "batch_size",
+    "steps",
+    "windows",
+    "jit",
+    "settings",
+    "steps_per_execution",
+    "epoch_images",
+    "infer_batch",
+    "learning_rate",
+    "dtype_policy",
+)
+
+
 def run_benchmark(
     models=("vit_bnffn", "vit"),
     depth=6,
@@ -202,17 +215,61 @@ def run_benchmark(
     dtype_policy=None,
     yardstick=True,
     yardstick_options=None,
-    data_root=DEFAULT_DATA,
+    data_root=None,
     timeout=1800,
     log=print,
     partial_path=None,
 ):
     """Measures every (model, backend) and the yardstick; returns the results dict.
 
-    See `python -m keras_vitbn.tools.benchmark --help` for the arguments; `partial_path`, if
-    given, is rewritten with the raw results after every subprocess.
+    See `python -m keras_vitbn.tools.benchmark --help` for the arguments. `data_root` None:
+    `keras_vitbn.data.locations.data_root()` ($KERAS_VITBN_DATA); without a data folder the
+    timed batches are random pixels and the real epoch needs `epoch_data_dir` (or
+    `epoch_images=0`). `partial_path`, if given, is rewritten with the raw results after
+    every model.
     """
     threads = int(threads or os.cpu_count() or 1)
+    _check_arguments(models, batch_size, backends, epoch_images)
+    data_root = data_root or locations.data_root()
+    if epoch_images and epoch_data_dir is None and epoch_source == "idx":
+        epoch_data_dir = _fashion_mnist_dir(data_root)
+    spec = dict(
+        depth=depth,
+        batch_size=batch_size,
+        steps=steps,
+        windows=windows,
+        jit=jit,
+        settings=settings,
+        steps_per_execution=steps_per_execution,
+        threads=threads,
+        epoch_images=epoch_images,
+        epoch_repeats=epoch_repeats,
+        epoch_dataset=epoch_dataset,
+        epoch_source=epoch_source,
+        epoch_data_dir=epoch_data_dir,
+        infer_batch=infer_batch,
+        infer_repeats=infer_repeats,
+        learning_rate=learning_rate,
+        dtype_policy=dtype_policy,
+        yardstick_options=yardstick_options or {},
+    )
+    labels = (("yardstick",) if yardstick else ()) + tuple(backends)
+    results = _new_results(spec)
+    with tempfile.TemporaryDirectory(prefix="keras_vitbn_bench_") as workdir:
+        x, y, x_infer, results["config"]["data"] = _inputs(data_root, steps * batch_size, infer_batch or 1)
+        spec["data"] = os.path.join(workdir, "data.npz")
+        np.savez(spec["data"], x=x, y=y, x_infer=x_infer)
+        for model in models:
+            results["runs"][model] = _measure_model(model, spec, labels, workdir, timeout, log)
+            if partial_path:  # what is measured so far survives an interrupted run
+                with open(partial_path, "w") as f:
+                    json.dump(results, f, indent=1)
+    results["machine"]["load_average_end"] = os.getloadavg()
+    add_derived_figures(results)
+    return results
+
+
+def _check_arguments(models, batch_size, backends, epoch_images):
     if epoch_images and epoch_images % batch_size:
         raise ValueError(f"epoch images {epoch_images} must be a multiple of the batch size {batch_size}")
     for backend in backends:
@@ -221,95 +278,62 @@ def run_benchmark(
     for model in models:
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}: the benchmark knows {', '.join(MODELS)}")
-    if epoch_images and epoch_data_dir is None and epoch_source == "idx":
-        if data_root is None:
-            raise ValueError(
-                "the real epoch reads Fashion-MNIST from the data folder, and none was found: set "
-                "KERAS_VITBN_DATA, pass --epoch-data-dir, or skip the epoch with --epoch-images 0"
-            )
-        epoch_data_dir = os.path.join(data_root, "fashion-mnist")
-    results = {
+
+
+def _fashion_mnist_dir(data_root):
+    """The real epoch's IDX folder in the data folder, or a ValueError that says what to do without one."""
+    if data_root is None:
+        raise ValueError(
+            "the real epoch reads Fashion-MNIST from the data folder, and none was found: set "
+            "KERAS_VITBN_DATA, pass --epoch-data-dir, or skip the epoch with --epoch-images 0"
+        )
+    return os.path.join(data_root, "fashion-mnist")
+
+
+def _new_results(spec):
+    """The results dict before any measurement: the command, the machine and the configuration."""
+    return {
         "command": " ".join(sys.argv),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),
             "processor": cpu_id(),
             "cpu_count": os.cpu_count(),
-            "threads": threads,
+            "threads": spec["threads"],
             "load_average_start": os.getloadavg(),
         },
         "config": {
-            "depth": depth,
-            "batch_size": batch_size,
-            "steps": steps,
-            "windows": windows,
-            "jit": jit,
-            "settings": settings,
-            "steps_per_execution": steps_per_execution,
-            "epoch_images": epoch_images,
-            "infer_batch": infer_batch,
-            "learning_rate": learning_rate,
-            "dtype_policy": dtype_policy,
+            **{key: spec[key] for key in CONFIG_KEYS},
             "optimizer": "Adam(lr, epsilon=1e-8)",
             "image_shape": [28, 28, 1],
-            "training_flops_per_image": performance.vit_training_flops(depth),
+            "training_flops_per_image": performance.vit_training_flops(spec["depth"]),
         },
         "runs": {},
     }
-    with tempfile.TemporaryDirectory(prefix="keras_vitbn_bench_") as workdir:
-        x, y, x_infer, source = _inputs(data_root, steps * batch_size, infer_batch or 1)
-        results["config"]["data"] = source
-        data_path = os.path.join(workdir, "data.npz")
-        np.savez(data_path, x=x, y=y, x_infer=x_infer)
-        for model in models:
-            weights_path = os.path.join(workdir, f"{model}-weights.npz")
-            np.savez(weights_path, **initial_weights(model, depth))
-            base = {
-                "model": model,
-                "variant": model,
-                "depth": depth,
-                "batch_size": batch_size,
-                "steps": steps,
-                "windows": windows,
-                "jit": jit,
-                "settings": settings,
-                "steps_per_execution": steps_per_execution,
-                "threads": threads,
-                "weights": weights_path,
-                "data": data_path,
-                "epoch_images": epoch_images,
-                "epoch_repeats": epoch_repeats,
-                "epoch_dataset": epoch_dataset,
-                "epoch_source": epoch_source,
-                "epoch_data_dir": epoch_data_dir,
-                "infer_batch": infer_batch,
-                "infer_repeats": infer_repeats,
-                "learning_rate": learning_rate,
-                "dtype_policy": dtype_policy,
-                "yardstick_options": yardstick_options or {},
-            }
-            labels = (("yardstick",) if yardstick else ()) + tuple(backends)
-            log(f"[benchmark] {MODELS[model]}: {', '.join(labels)}, interleaved")
-            specs = {
-                label: ({**base, "backend": label}, _worker_env(label, model, depth, settings, threads))
-                for label in labels
-            }
-            runs = measure_interleaved(specs, workdir, threads, timeout, windows, epoch_repeats, infer_repeats, log)
-            for label, run in runs.items():
-                if "error" in run:
-                    log(f"[benchmark]   {label} failed: {run['error']}")
-                else:
-                    log(f"[benchmark]   {label}: {run['train_images_per_s']:.0f} training images/s")
-            results["runs"][model] = runs
-            if partial_path:  # what is measured so far survives an interrupted run
-                with open(partial_path, "w") as f:
-                    json.dump(results, f, indent=1)
-    results["machine"]["load_average_end"] = os.getloadavg()
-    _derive(results)
-    return results
 
 
-def _derive(results):
+def _measure_model(model, spec, labels, workdir, timeout, log):
+    """One model on every backend in `labels`, from the reference's initial weights: {label: result}."""
+    weights_path = os.path.join(workdir, f"{model}-weights.npz")
+    np.savez(weights_path, **initial_weights(model, spec["depth"]))
+    base = {"model": model, "variant": model, **spec, "weights": weights_path}
+    log(f"[benchmark] {MODELS[model]}: {', '.join(labels)}, interleaved")
+    specs = {
+        label: ({**base, "backend": label}, _worker_env(label, model, spec["depth"], spec["settings"], spec["threads"]))
+        for label in labels
+    }
+    runs = measure_interleaved(
+        specs, workdir, spec["threads"], timeout, spec["windows"], spec["epoch_repeats"], spec["infer_repeats"], log
+    )
+    for label, run in runs.items():
+        if "error" in run:
+            log(f"[benchmark]   {label} failed: {run['error']}")
+        else:
+            log(f"[benchmark]   {label}: {run['train_images_per_s']:.0f} training images/s")
+    return runs
+
+
+def add_derived_figures(results):
     """Ratios to the yardstick, FLOP/s as a fraction of the matmul peak, and the correctness guard."""
     flops = results["config"]["training_flops_per_image"]
     peaks = [
