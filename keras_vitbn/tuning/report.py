@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from keras_vitbn.tuning.search import LR, OBJECTIVE, _say, cell_name
+from keras_vitbn.tuning.naming import LR, OBJECTIVE, cell_name, say
 from keras_vitbn.utils import files as files_lib
 from keras_vitbn.utils.files import read_json, write_json
 
@@ -443,7 +443,7 @@ def write_report(config, test_ds=None, test_aug_ds=None, search_seconds=None, ev
             "trials": len(trials),
         },
     )
-    _say(f"results in {files['results_md']}:\n{markdown_table(results)}")
+    say(f"results in {files['results_md']}:\n{markdown_table(results)}")
     for t in trials:
         t.pop("_dir", None)
     return {"results": results, "trials": trials, "files": files}

@@ -68,6 +68,7 @@ import hmac
 import json
 import math
 import os
+import sys
 import time
 
 import grpc
@@ -76,16 +77,16 @@ import keras_tuner as kt
 
 from keras_vitbn.data import augment as augment_lib
 from keras_vitbn.data import datasets
-from keras_vitbn.runtime import auto_distribute
+from keras_vitbn.runtime import auto_distribute, distribute
 from keras_vitbn.training import callbacks as training_callbacks
 from keras_vitbn.training.train import build_model, compile_model, load_data, run_splits
+from keras_vitbn.tuning import report as report_lib
 from keras_vitbn.tuning.config import SearchConfig
+from keras_vitbn.tuning.naming import LR, OBJECTIVE, cell_name, say
 from keras_vitbn.utils.files import append_jsonl, read_json, run_folder, write_json
 from keras_vitbn.utils.progress import Progress, format_percent
 
-OBJECTIVE = "val_accuracy"
 FINISHED = ("COMPLETED", "FAILED", "INVALID")  # keras-tuner trial statuses that count towards max_trials
-LR = "learning_rate"
 CHIEF_POLL_SECONDS = 0.5
 WORKER_POLL_SECONDS = 0.5
 # A waiting worker asks the chief in slices this long and checks search.json between them.
@@ -100,14 +101,6 @@ TOKEN_ENV = "KERAS_VITBN_TUNER_TOKEN"
 TOKEN_METADATA = "x-keras-vitbn-token"
 MIN_TOKEN_CHARS = 16
 ALL_INTERFACES = ("0.0.0.0", "::", "[::]", "*", "")
-
-
-def _say(message):
-    print(f"[keras_vitbn.tuning] {message}", flush=True)
-
-
-def cell_name(model, depth):
-    return f"{model}_d{depth}"
 
 
 # --------------------------------------------------------------------------- distributed mode
@@ -156,7 +149,7 @@ class _TokenCheck(grpc.ServerInterceptor):
         self._token = token.encode()
 
         def refuse(request, context):
-            _say(f"chief: refused a call without the right {TOKEN_ENV} from {context.peer()}")
+            say(f"chief: refused a call without the right {TOKEN_ENV} from {context.peer()}")
             context.abort(grpc.StatusCode.UNAUTHENTICATED, f"missing or wrong {TOKEN_ENV}")
 
         self._refuse = grpc.unary_unary_rpc_method_handler(refuse)
@@ -383,7 +376,7 @@ class LearningRateTuner(kt.Tuner):
             for number in range(max(ledger) + 1):
                 trial = oracle.create_trial(REPLAY_ID)
                 if trial.status != kt.engine.trial.TrialStatus.RUNNING:
-                    _say(
+                    say(
                         f"{self.project_name}: the oracle stops after {number} trials; later ledger lines are "
                         "left out (fewer trials than before?)"
                     )
@@ -411,7 +404,7 @@ class LearningRateTuner(kt.Tuner):
             oracle.verbose = verbose
         oracle.save()
         pending = len(oracle._retry_queue)
-        _say(
+        say(
             f"{self.project_name}: {len(ledger)} finished trials replayed from {LEDGER}"
             + (f", {pending} interrupted to run again" if pending else "")
         )
@@ -494,7 +487,7 @@ class LearningRateTuner(kt.Tuner):
             trial = create_trial(tuner_id)
             other = trial.hyperparameters.values.get("cell")
             if trial.status == kt.engine.trial.TrialStatus.RUNNING and other != cell:
-                _say(f"worker {tuner_id}: the chief serves {other} now; {cell} is finished")
+                say(f"worker {tuner_id}: the chief serves {other} now; {cell} is finished")
                 trial.status = kt.engine.trial.TrialStatus.STOPPED
             return trial
 
@@ -540,7 +533,7 @@ class LearningRateTuner(kt.Tuner):
             )
             write_json(os.path.join(trial_dir, "outcome.json"), outcome)
             self._event(trial_dir, "end", status="failed", reason=reason)
-            _say(
+            say(
                 f"trial {trial.trial_id} of {outcome['model']} d{outcome['depth']} at lr {learning_rate:.3g} "
                 f"failed: {reason}"
             )
@@ -576,7 +569,7 @@ class LearningRateTuner(kt.Tuner):
             return
         if seconds is not None:
             self.progress.finish(seconds)
-        _say(
+        say(
             f"trial {trial.trial_id} of {outcome['model']} d{outcome['depth']} at lr "
             f"{outcome['learning_rate']:.3g}: {what} ({self.progress.line()})"
         )
@@ -735,10 +728,8 @@ def cell_devices(config, model_name, depth, provenance, output_dir=None):
     if mode is None:
         yield why
         return
-    from keras_vitbn.runtime import distribute
-
     with distribute.distribution_scope(mode) as dist:
-        _say(f"{cell_name(model_name, depth)}: {dist.describe()} ({why})")
+        say(f"{cell_name(model_name, depth)}: {dist.describe()} ({why})")
         yield why
 
 
@@ -762,7 +753,7 @@ def _worker_loop(config, provenance, output_dir, fit_args, fit_kwargs, chief_tim
             tuner = make_tuner(config, *cells[i], provenance, output_dir)
         served = served_cell(chief_timeout, lambda: search_finished(output_dir))
         if served is None:
-            _say(f"worker {os.environ['KERASTUNER_TUNER_ID']}: the chief has finished the search")
+            say(f"worker {os.environ['KERASTUNER_TUNER_ID']}: the chief has finished the search")
             return
         if served not in names:
             raise RuntimeError(
@@ -776,7 +767,7 @@ def _worker_loop(config, provenance, output_dir, fit_args, fit_kwargs, chief_tim
         if j > i:  # the chief has moved on: cells before j are finished
             i, tuner = j, None
             continue
-        _say(f"worker {os.environ['KERASTUNER_TUNER_ID']}: searching {names[i]} ({i + 1}/{len(cells)})")
+        say(f"worker {os.environ['KERASTUNER_TUNER_ID']}: searching {names[i]} ({i + 1}/{len(cells)})")
         with cell_devices(config, *cells[i], provenance):
             tuner.search(*fit_args, **fit_kwargs)
         i, tuner = i + 1, None
@@ -839,12 +830,10 @@ def _search_in_folder(folder, config, role, verbose, command, chief_timeout, rep
     splits = run_splits(config.train)
     _, val_ds, test_ds, test_aug_ds, provenance = load_data(config.train, splits=splits)
     if provenance.get("warning"):
-        _say(f"WARNING: {provenance['warning']}")
+        say(f"WARNING: {provenance['warning']}")
     folder.clear()  # --overwrite: the new search has validated, the old one goes
     _check_or_write_config(config, output_dir, role, command, provenance)
     if verbose == "auto":
-        import sys
-
         verbose = 1 if sys.stdout.isatty() else 2
     fit_args = (functools.partial(training_pipeline, config.train, splits[0]),)
     fit_kwargs = {
@@ -854,7 +843,7 @@ def _search_in_folder(folder, config, role, verbose, command, chief_timeout, rep
         "callbacks": list(callbacks or []),
     }
     cells = config.cells()
-    _say(
+    say(
         f"{role}: searching the learning rate of {len(cells)} cells ({', '.join(config.models)} x depths "
         f"{', '.join(map(str, config.depths))}) with the {config.tuner} tuner, {config.max_trials()} trials each, "
         f"lr in [{config.lr_bounds()[0]:g}, {config.lr_bounds()[1]:g}], on {config.train.dataset} "
@@ -863,7 +852,7 @@ def _search_in_folder(folder, config, role, verbose, command, chief_timeout, rep
     )
     if role == "worker":
         _worker_loop(config, provenance, output_dir, fit_args, fit_kwargs, chief_timeout)
-        _say(f"worker {os.environ['KERASTUNER_TUNER_ID']}: done in {time.perf_counter() - start:.0f} s")
+        say(f"worker {os.environ['KERASTUNER_TUNER_ID']}: done in {time.perf_counter() - start:.0f} s")
         return {"output_dir": output_dir, "role": role, "seconds": time.perf_counter() - start}
 
     progress = Progress(len(cells) * config.max_trials()) if role == "single" else None
@@ -872,7 +861,7 @@ def _search_in_folder(folder, config, role, verbose, command, chief_timeout, rep
         if progress is not None:  # trials finished before this process started count as done, untimed
             tuner.progress = progress
             progress.skip(sum(t.status in FINISHED for t in tuner.oracle.trials.values()))
-        _say(
+        say(
             f"{cell_name(model_name, depth)} ({i + 1}/{len(cells)}): {len(tuner.oracle.trials)} trials recorded"
             f"{', serving it to the workers' if role == 'chief' else ''}"
         )
@@ -882,7 +871,5 @@ def _search_in_folder(folder, config, role, verbose, command, chief_timeout, rep
     seconds = time.perf_counter() - start
     summary = {"output_dir": output_dir, "role": role, "seconds": seconds}
     if report:
-        from keras_vitbn.tuning import report as report_lib
-
         summary.update(report_lib.write_report(config, test_ds, test_aug_ds, search_seconds=seconds))
     return summary
