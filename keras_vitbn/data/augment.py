@@ -243,82 +243,62 @@ def augmentation(
     >>> augment = augmentation("article", seed=0)
     >>> ds = ds.map(lambda x, y: (augment(x, training=True), y))  # batched NHWC float images
     """
+    settings = _settings(
+        policy,
+        rotation=rotation,
+        translation=translation,
+        zoom_out=zoom_out,
+        zoom_out_rate=zoom_out_rate,
+        flip=flip,
+        crop=crop,
+    )
+    specs = _layer_specs(settings, fill_value, interpolation)
+    if not specs:
+        return None
+    # Each layer draws from its own seed: seed, seed + 1, ... in the order the layers apply.
+    layers = [layer(**kwargs, seed=None if seed is None else int(seed) + i) for i, (layer, kwargs) in enumerate(specs)]
+    return keras.layers.Pipeline(layers, name=f"augment_{policy}")
+
+
+def _settings(policy, **overrides):
+    """The policy's settings with the overrides that are not None."""
     if policy not in POLICIES:
         raise ValueError(f"unknown augmentation {policy!r}: choose one of {', '.join(POLICIES)}")
     settings = dict(POLICIES[policy])
-    overrides = {
-        "rotation": rotation,
-        "translation": translation,
-        "zoom_out": zoom_out,
-        "zoom_out_rate": zoom_out_rate,
-        "flip": flip,
-        "crop": crop,
-    }
     settings.update({k: v for k, v in overrides.items() if v is not None})
+    return settings
 
-    def next_seed(i):
-        return None if seed is None else int(seed) + i
 
-    layers = []
+def _layer_specs(settings, fill_value, interpolation):
+    """(layer class, keyword arguments but the seed) of every transform the settings ask for, in order.
+
+    The order is flip, crop, rotation, translation, zoom-out. The crop fills with
+    reflection (a crop shows no border); the article's geometric transforms fill
+    with `fill_value`, as torchvision does, where Keras would reflect.
+    """
+    constant = {"fill_mode": "constant", "fill_value": fill_value, "interpolation": interpolation}
+    specs = []
     if settings.get("flip"):
-        layers.append(keras.layers.RandomFlip("horizontal", seed=next_seed(len(layers))))
+        specs.append((keras.layers.RandomFlip, {"mode": "horizontal"}))
     if settings.get("crop"):
         crop = float(settings["crop"])
-        layers.append(
-            keras.layers.RandomZoom(
-                (-crop, 0.0),
-                (-crop, 0.0),
-                fill_mode="reflect",
-                interpolation=interpolation,
-                seed=next_seed(len(layers)),
-            )
+        reflect = {"fill_mode": "reflect", "interpolation": interpolation}
+        specs.append(
+            (keras.layers.RandomZoom, {"height_factor": (-crop, 0.0), "width_factor": (-crop, 0.0), **reflect})
         )
-        layers.append(
-            keras.layers.RandomTranslation(
-                crop / 2, crop / 2, fill_mode="reflect", interpolation=interpolation, seed=next_seed(len(layers))
-            )
-        )
+        specs.append((keras.layers.RandomTranslation, {"height_factor": crop / 2, "width_factor": crop / 2, **reflect}))
     if settings.get("rotation"):
-        layers.append(
-            keras.layers.RandomRotation(
-                float(settings["rotation"]) / 360.0,  # Keras counts in turns
-                fill_mode="constant",
-                fill_value=fill_value,
-                interpolation=interpolation,
-                seed=next_seed(len(layers)),
-            )
-        )
+        turns = float(settings["rotation"]) / 360.0  # Keras counts in turns
+        specs.append((keras.layers.RandomRotation, {"factor": turns, **constant}))
     if settings.get("translation"):
         shift = float(settings["translation"])
-        layers.append(
-            keras.layers.RandomTranslation(
-                shift,
-                shift,
-                fill_mode="constant",
-                fill_value=fill_value,
-                interpolation=interpolation,
-                seed=next_seed(len(layers)),
-            )
-        )
+        specs.append((keras.layers.RandomTranslation, {"height_factor": shift, "width_factor": shift, **constant}))
     if settings.get("zoom_out_rate") and settings.get("zoom_out"):
-        layers.append(
-            RandomZoomOut(
-                tuple(settings["zoom_out"]),
-                rate=float(settings["zoom_out_rate"]),
-                fill_value=fill_value,
-                interpolation=interpolation,
-                seed=next_seed(len(layers)),
-            )
-        )
-    if not layers:
-        return None
-    return keras.layers.Pipeline(layers, name=f"augment_{policy}")
+        zoom_out = {"factor": tuple(settings["zoom_out"]), "rate": float(settings["zoom_out_rate"])}
+        specs.append((RandomZoomOut, {**zoom_out, "fill_value": fill_value, "interpolation": interpolation}))
+    return specs
 
 
 def describe(policy="article", **overrides):
     """The resolved settings of a policy as a plain dict (for configs and logs)."""
-    if policy not in POLICIES:
-        raise ValueError(f"unknown augmentation {policy!r}: choose one of {', '.join(POLICIES)}")
-    settings = dict(POLICIES[policy])
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    return {"policy": policy, **settings}
+    return {"policy": policy, **_settings(policy, **overrides)}

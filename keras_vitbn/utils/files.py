@@ -282,34 +282,14 @@ def run_folder(path, kind, overwrite=False, command=None, lock=True):
     Yields:
         RunFolder.
     """
-    import fcntl
-
     path = os.fspath(path)
     if kind not in KNOWN_FILES:
         raise ValueError(f"unknown folder kind {kind!r}: use one of {', '.join(KNOWN_FILES)}")
     if os.path.exists(path) and not os.path.isdir(path):
         raise RunFolderError(f"{path} is a file, not a folder: choose another output folder")
     created = not os.path.exists(path)
-    marker = os.path.join(path, MARKER)
     if not created:
-        if is_marked(path):
-            try:
-                recorded = (read_json(marker) or {}).get("kind", kind)
-            except ValueError:
-                recorded = kind  # a damaged marker still marks the folder as ours
-            if recorded != kind:
-                raise RunFolderError(
-                    f"{path} is a keras_vitbn {recorded} folder, not a {kind} folder: choose another output folder"
-                )
-        else:
-            foreign = _foreign_entries(path, kind)
-            if foreign:
-                shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-                action = "refusing to delete it with --overwrite" if overwrite else "refusing to write into it"
-                raise RunFolderError(
-                    f"{path} is not a keras_vitbn {kind} folder (it holds {shown}, and no {MARKER}): "
-                    f"{action}; choose a new or empty output folder"
-                )
+        _check_ours(path, kind, overwrite)
     try:
         os.makedirs(path, exist_ok=True)
         fd = os.open(os.path.join(path, LOCK), os.O_RDWR | os.O_CREAT, 0o644) if lock else None
@@ -319,30 +299,8 @@ def run_folder(path, kind, overwrite=False, command=None, lock=True):
         ) from None
     try:
         if fd is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunFolderError(
-                    f"{path} is in use by {_holder(os.path.join(path, LOCK))}: wait for it to "
-                    "finish, or choose another output folder"
-                ) from None
-            holder = {
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "command": command,
-                "since": datetime.datetime.now().isoformat(timespec="seconds"),
-            }
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(holder).encode(), 0)
-        if not os.path.exists(marker):
-            write_json(
-                marker,
-                {
-                    "kind": kind,
-                    "written_by": "keras_vitbn",
-                    "created": datetime.datetime.now().isoformat(timespec="seconds"),
-                },
-            )
+            _lock(fd, path, command)
+        _mark(path, kind)
         folder = RunFolder(path, kind, overwrite, created)
         try:
             yield folder
@@ -355,3 +313,64 @@ def run_folder(path, kind, overwrite=False, command=None, lock=True):
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
             os.close(fd)  # releases the flock
+
+
+def _check_ours(path, kind, overwrite):
+    """Raises RunFolderError unless the existing folder `path` is this project's `kind` folder, or may become one.
+
+    A folder without the marker may become one when it holds only what such a
+    folder holds (`KNOWN_FILES`): one written before the marker existed.
+    """
+    if not is_marked(path):
+        foreign = _foreign_entries(path, kind)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            action = "refusing to delete it with --overwrite" if overwrite else "refusing to write into it"
+            raise RunFolderError(
+                f"{path} is not a keras_vitbn {kind} folder (it holds {shown}, and no {MARKER}): "
+                f"{action}; choose a new or empty output folder"
+            )
+        return
+    try:
+        recorded = (read_json(os.path.join(path, MARKER)) or {}).get("kind", kind)
+    except ValueError:
+        recorded = kind  # a damaged marker still marks the folder as ours
+    if recorded != kind:
+        raise RunFolderError(
+            f"{path} is a keras_vitbn {recorded} folder, not a {kind} folder: choose another output folder"
+        )
+
+
+def _lock(fd, path, command):
+    """Takes the folder's lock on the open `LOCK` file `fd` and records the holder in it; refuses a held one."""
+    import fcntl  # POSIX only: needed once a folder is locked, not to import this module
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunFolderError(
+            f"{path} is in use by {_holder(os.path.join(path, LOCK))}: wait for it to "
+            "finish, or choose another output folder"
+        ) from None
+    holder = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": command,
+        "since": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(holder).encode(), 0)
+
+
+def _mark(path, kind):
+    """Writes the project's marker into the folder, unless it has one."""
+    marker = os.path.join(path, MARKER)
+    if not os.path.exists(marker):
+        write_json(
+            marker,
+            {
+                "kind": kind,
+                "written_by": "keras_vitbn",
+                "created": datetime.datetime.now().isoformat(timespec="seconds"),
+            },
+        )
