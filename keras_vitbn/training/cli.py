@@ -16,9 +16,11 @@ import sys
 
 from keras_vitbn.data.augment import POLICIES
 from keras_vitbn.data.datasets import DATA_DIR_ENV, SOURCES, TEST_DATA_DIR_ENV
+from keras_vitbn.models import list_models
 from keras_vitbn.runtime import auto_distribute
 from keras_vitbn.runtime.distribute import add_distribute_args, distribute_options
 from keras_vitbn.training.config import DTYPE_POLICIES, OPTIMIZERS, SCHEDULES, TrainConfig
+from keras_vitbn.training.train import train
 from keras_vitbn.utils.cli_errors import ArgumentParser, command
 from keras_vitbn.utils.progress import format_percent
 
@@ -36,12 +38,6 @@ MODEL_FLAGS = {
 }
 
 
-def _model_names():
-    import keras_vitbn
-
-    return keras_vitbn.list_models()
-
-
 def _override(text):
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -54,10 +50,22 @@ def _override(text):
 
 
 def build_parser(defaults, description=None):
+    """The trainers' flags, defaulting to `defaults` (TrainConfig fields), group by group."""
     config = TrainConfig(**defaults)
     p = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=config.model, choices=_model_names(), help="registry name (default %(default)s)")
+    _add_model_args(p, config)
+    _add_optimization_args(p, config, weight_decay=defaults.get("weight_decay"))
+    _add_augmentation_args(p, config)
+    _add_data_args(p, config)
+    _add_output_args(p)
+    add_distribute_args(p)
+    return p
+
+
+def _add_model_args(parser, config):
+    """The model and its size: registry name, depth, create_model overrides, dtype policy."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default=config.model, choices=list_models(), help="registry name (default %(default)s)")
     g.add_argument(
         "--depth",
         type=int,
@@ -88,7 +96,10 @@ def build_parser(defaults, description=None):
         help="any other create_model argument, VALUE as JSON (repeatable)",
     )
 
-    g = p.add_argument_group("optimization")
+
+def _add_optimization_args(parser, config, weight_decay):
+    """Optimizer, learning rate and schedule, regularisation, batch size, epochs, seed, jit."""
+    g = parser.add_argument_group("optimization")
     g.add_argument(
         "--optimizer",
         default=config.optimizer,
@@ -110,9 +121,7 @@ def build_parser(defaults, description=None):
         default=config.warmup_epochs,
         help="linear warm-up before cosine decay (default %(default)s)",
     )
-    g.add_argument(
-        "--weight-decay", type=float, default=defaults.get("weight_decay"), help="default: 0 for adam, 0.01 for adamw"
-    )
+    g.add_argument("--weight-decay", type=float, default=weight_decay, help="default: 0 for adam, 0.01 for adamw")
     g.add_argument(
         "--clipnorm", type=float, default=config.clipnorm, help="clip gradients to this norm (default %(default)s)"
     )
@@ -122,7 +131,10 @@ def build_parser(defaults, description=None):
     g.add_argument("--seed", type=int, default=config.seed, help="(default %(default)s)")
     g.add_argument("--jit-compile", default="auto", choices=["auto", "true", "false"], help="(default %(default)s)")
 
-    g = p.add_argument_group("augmentation")
+
+def _add_augmentation_args(parser, config):
+    """The training augmentation policy and its strengths; the augmented test split."""
+    g = parser.add_argument_group("augmentation")
     g.add_argument(
         "--augment", default=config.augment, choices=list(POLICIES), help="training policy (default %(default)s)"
     )
@@ -147,7 +159,10 @@ def build_parser(defaults, description=None):
         "--test-seed", type=int, default=config.test_seed, help="seed of the augmented test split (default %(default)s)"
     )
 
-    g = p.add_argument_group("data")
+
+def _add_data_args(parser, config):
+    """Which data, from where, how much of it, and the validation split."""
+    g = parser.add_argument_group("data")
     g.add_argument("--dataset", default=config.dataset, help="tfds name, or a label for IDX data (default %(default)s)")
     g.add_argument(
         "--source",
@@ -179,7 +194,10 @@ def build_parser(defaults, description=None):
         help="fraction of training data held out (default %(default)s)",
     )
 
-    g = p.add_argument_group("output")
+
+def _add_output_args(parser):
+    """Where the run goes, and what it reports."""
+    g = parser.add_argument_group("output")
     g.add_argument(
         "--output-dir",
         default="",
@@ -194,8 +212,6 @@ def build_parser(defaults, description=None):
     g.add_argument(
         "--verbose", default="auto", choices=["auto", "0", "1", "2"], help="Keras progress output (default %(default)s)"
     )
-    add_distribute_args(p)
-    return p
 
 
 def config_from_args(args, defaults):
@@ -267,8 +283,6 @@ def main(argv=None, defaults=None, description=None):
     verbose = args.verbose if args.verbose == "auto" else int(args.verbose)
     command = " ".join(shlex.quote(a) for a in [sys.argv[0], *argv])
     try:
-        from keras_vitbn.training.train import train
-
         config = config_from_args(args, defaults)
         if config.distribute is None:  # before anything starts JAX
             auto_distribute.request_cpu_devices(config.model, config.depth)

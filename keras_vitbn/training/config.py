@@ -15,6 +15,9 @@ import hashlib
 import json
 import os
 
+from keras_vitbn.data.augment import POLICIES
+from keras_vitbn.data.datasets import SOURCES
+
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 # Keras dtype policies the trainers offer (`--dtype-policy`, a `create_model(dtype=...)`); float16
@@ -109,9 +112,6 @@ class TrainConfig:
     jit_compile: bool | str = "auto"
 
     def __post_init__(self):
-        from keras_vitbn.data.augment import POLICIES
-        from keras_vitbn.data.datasets import SOURCES
-
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:

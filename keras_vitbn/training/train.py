@@ -22,19 +22,22 @@ as "diverged" with its history kept: a result, not a crash.
 """
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
 import platform
 import shutil
+import sys
 import time
 
 import keras
 
 from keras_vitbn.data import augment as augment_lib
 from keras_vitbn.data import datasets, image_folder
-from keras_vitbn.models.registry import depth_argument
-from keras_vitbn.runtime import auto_distribute
+from keras_vitbn.models.registry import create_model, depth_argument, list_models
+from keras_vitbn.runtime import auto_distribute, distribute
+from keras_vitbn.runtime.performance import fit_settings
 from keras_vitbn.training import callbacks as cbs
 from keras_vitbn.training.config import TrainConfig
 from keras_vitbn.utils.files import read_json, run_folder, write_json
@@ -163,10 +166,8 @@ def build_model(config, image_shape=None, num_classes=None):
     Example:
     >>> model = build_model(TrainConfig(model="vit_bnffn", depth=6))
     """
-    import keras_vitbn
-
-    if config.model not in keras_vitbn.list_models():
-        raise ValueError(f"unknown model {config.model!r}: choose one of {', '.join(keras_vitbn.list_models())}")
+    if config.model not in list_models():
+        raise ValueError(f"unknown model {config.model!r}: choose one of {', '.join(list_models())}")
     if image_shape is None or num_classes is None:
         image_shape, num_classes = datasets.dataset_info(config.dataset)
     height, width, channels = image_shape
@@ -184,7 +185,7 @@ def build_model(config, image_shape=None, num_classes=None):
             )
         elif "hidden_units" not in overrides:
             overrides["hidden_units"] = [100] * config.depth
-    return keras_vitbn.create_model(config.model, **overrides)
+    return create_model(config.model, **overrides)
 
 
 def build_optimizer(config, steps_per_epoch):
@@ -218,8 +219,6 @@ def compile_model(model, config, steps_per_epoch):
 
 def _fit_settings(config):
     """The backend's fastest correct compile settings (keras_vitbn.runtime.performance), unless jit is forced."""
-    from keras_vitbn.runtime.performance import fit_settings
-
     settings = fit_settings()
     if config.jit_compile != "auto":
         settings["jit_compile"] = config.jit_compile
@@ -253,8 +252,6 @@ def _process_output_dir(config):
     """The run directory; in a multi-process run, processes other than 0 write under worker<id>/."""
     process_id = 0
     if config.distribute == "multi_worker":
-        from keras_vitbn.runtime import distribute
-
         process_id = config.distribute_options.get("process_id")
         if process_id is None:
             process_id = int(os.environ.get(distribute.ENV_PROCESS_ID, "0") or 0)
@@ -312,43 +309,16 @@ def train(config, callbacks=None, overwrite=False, verbose="auto", command=None)
 
 
 def _train(config, folder, callbacks, verbose, command):
-    backend = keras.backend.backend()
     output_dir = folder.path
     paths = {name: os.path.join(output_dir, name) for name in ("config.json", "status.json", "history.jsonl")}
     backup_dir = os.path.join(output_dir, "backup")
-
-    previous = None if folder.overwrite else read_json(paths["config.json"])
-    status = None if folder.overwrite else read_json(paths["status.json"])
-    if previous is not None:
-        old = TrainConfig.from_dict(previous["config"])
-        if old.run_key() != config.run_key() or previous.get("environment", {}).get("backend") != backend:
-            changed = sorted(k for k, v in config.run_key().items() if old.run_key().get(k) != v)
-            if previous.get("environment", {}).get("backend") != backend:
-                changed.append("backend")
-            raise ValueError(
-                f"{output_dir} holds a different run (differs in {', '.join(changed)}): "
-                "choose another output directory, or pass --overwrite to replace it"
-            )
-    if status is not None and status["status"] == "diverged":
-        _say(f"{output_dir}: this run diverged before ({status['reason']}); nothing to do (--overwrite to rerun)")
-        return _result(output_dir, "diverged", status["reason"], cbs.read_history(paths["history.jsonl"]), status)
-    if status is not None and status["status"] == "completed" and status["epochs_completed"] >= config.epochs:
-        _say(f"{output_dir}: already completed {status['epochs_completed']} epochs; nothing to do")
-        return _result(output_dir, "completed", None, cbs.read_history(paths["history.jsonl"]), status)
+    recorded = _recorded_result(config, folder, paths)
+    if recorded is not None:
+        return recorded
 
     keras.utils.set_random_seed(config.seed)
     splits = run_splits(config)
-    mode, automatic = config.distribute, None
-    if mode is None:
-        train_split, val_split, test_split, _ = splits
-        eval_sizes = [split.size for split in (val_split, test_split) if split is not None]
-        mode, automatic = auto_distribute.choose(config, train_split.size, eval_sizes)
-    scope = contextlib.nullcontext(None)
-    if mode and mode != "none":
-        from keras_vitbn.runtime import distribute
-
-        scope = distribute.distribution_scope(mode, **config.distribute_options)
-
+    scope, automatic = _distribution_scope(config, splits)
     with scope as dist:
         if dist is not None:
             dist.per_replica_batch_size(config.batch_size)  # fails fast on a batch that does not split
@@ -358,104 +328,182 @@ def _train(config, folder, callbacks, verbose, command):
             print(f"\n{'!' * 78}\n[keras_vitbn] WARNING: {provenance['warning']}\n{'!' * 78}\n", flush=True)
         fit_steps = datasets.epoch_steps(train_ds)  # to fit: one shuffle and augmentation draw per epoch
         steps_per_epoch = fit_steps or math.ceil(provenance["train_images"] / config.batch_size)
-        model = build_model(config, tuple(provenance["image_shape"]), provenance["num_classes"])
-        if dist is not None:
-            dist.prepare_model(model)  # synchronised BatchNorm on TensorFlow replicas
-            provenance["distribution"] = {**dist.as_dict(), "automatic": automatic}
-        elif automatic is not None:  # why this default run stayed on one device
-            provenance["distribution"] = {"mode": "none", "num_replicas": 1, "automatic": automatic}
-        compile_model(model, config, steps_per_epoch)
+        model = _compiled_model(config, provenance, dist, automatic, steps_per_epoch)
         folder.clear()  # --overwrite: the new run has validated, the old one goes
 
         monitor = "val_accuracy" if val_ds is not None else "test_accuracy"
-        write_json(
-            paths["config.json"],
-            {
-                "config": config.to_dict(),
-                "data": provenance,
-                "model": {"name": config.model, "parameters": int(model.count_params()), "config": model.get_config()},
-                "optimizer": {"name": config.optimizer, "epsilon": ADAM_EPSILON, "note": "PyTorch's Adam epsilon"},
-                "best_metric": monitor,
-                "environment": _environment(),
-                "command": command,
-            },
-        )
+        _write_run_config(paths["config.json"], config, provenance, model, monitor, command)
         resumed = os.path.exists(os.path.join(backup_dir, "training_metadata.json"))
         _say(
             f"{'resuming' if resumed else 'starting'} {config.model} (depth {config.depth}, "
             f"{model.count_params():,} parameters) on {config.dataset} [{provenance['source']}: "
             f"{provenance['train_images']:,} train, {provenance['val_images']:,} val, {provenance['test_images']:,} "
-            f"test images] with {backend}; writing {output_dir}"
+            f"test images] with {keras.backend.backend()}; writing {output_dir}"
         )
         write_json(paths["status.json"], {"status": "running", "reason": None, "epochs_completed": None})
 
-        guard = cbs.DivergenceGuard()
-        history = cbs.HistoryWriter(output_dir, with_validation=val_ds is not None)
-        saver = cbs.ModelSaver(output_dir, monitor, history)
-        run_callbacks = [
-            guard,
-            cbs.EpochEvaluator(test_ds, test_aug_ds, provenance["train_images"], guard),
-            history,
-            saver,
-            cbs.CurvePlotter(output_dir, history, title=f"{config.model} d{config.depth} on {config.dataset}"),
-            keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard"), write_graph=False, profile_batch=0),
-        ]
-        mlflow_logger = None
-        if config.mlflow:
-            mlflow_logger = cbs.MLflowLogger(
-                output_dir,
-                {"config": config.to_dict(), "data": {k: v for k, v in provenance.items() if k != "notes"}},
-                experiment=f"keras_vitbn-{config.dataset}",
-            )
-            run_callbacks.append(mlflow_logger)
+        recorders, run_callbacks = _recording_callbacks(
+            config, output_dir, provenance, monitor, val_ds, test_ds, test_aug_ds
+        )
         if verbose == "auto":
-            import sys
-
             verbose = 1 if sys.stdout.isatty() else 2
         run_callbacks.append(cbs.InputReplay(train_ds, verbose=verbose))
         run_callbacks.extend(callbacks or [])
         # Last, so that an epoch is backed up only after it has been recorded.
         run_callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False))
         start = time.perf_counter()
-        try:
-            model.fit(
-                train_ds,
-                epochs=config.epochs,
-                steps_per_epoch=fit_steps,
-                validation_data=val_ds,
-                shuffle=False,  # train_ds is shuffled by tf.data with the run's seed
-                callbacks=run_callbacks,
-                verbose=verbose,
+        _fit(model, config, train_ds, val_ds, fit_steps, run_callbacks, verbose, recorders.mlflow_logger)
+    return _finish(config, output_dir, paths["status.json"], backup_dir, recorders, monitor, provenance, start)
+
+
+def _recorded_result(config, folder, paths):
+    """The recorded result when the folder holds this run finished (nothing to train), else None.
+
+    Raises ValueError when the folder holds another run (another config or backend).
+    """
+    backend = keras.backend.backend()
+    previous = None if folder.overwrite else read_json(paths["config.json"])
+    status = None if folder.overwrite else read_json(paths["status.json"])
+    if previous is not None:
+        old = TrainConfig.from_dict(previous["config"])
+        if old.run_key() != config.run_key() or previous.get("environment", {}).get("backend") != backend:
+            changed = sorted(k for k, v in config.run_key().items() if old.run_key().get(k) != v)
+            if previous.get("environment", {}).get("backend") != backend:
+                changed.append("backend")
+            raise ValueError(
+                f"{folder.path} holds a different run (differs in {', '.join(changed)}): "
+                "choose another output directory, or pass --overwrite to replace it"
             )
-        except BaseException:
-            if mlflow_logger is not None and mlflow_logger.run is not None:
-                import mlflow
+    output_dir = folder.path
+    if status is not None and status["status"] == "diverged":
+        _say(f"{output_dir}: this run diverged before ({status['reason']}); nothing to do (--overwrite to rerun)")
+        return _result(output_dir, "diverged", status["reason"], cbs.read_history(paths["history.jsonl"]), status)
+    if status is not None and status["status"] == "completed" and status["epochs_completed"] >= config.epochs:
+        _say(f"{output_dir}: already completed {status['epochs_completed']} epochs; nothing to do")
+        return _result(output_dir, "completed", None, cbs.read_history(paths["history.jsonl"]), status)
+    return None
 
-                mlflow.end_run(status="KILLED")
-            raise
 
-    rows = history.rows
-    if guard.reason is not None:
-        status, reason = "diverged", guard.reason
+def _distribution_scope(config, splits):
+    """(scope, why): the run's distribution scope (a null context on one device) and, when the config
+    leaves the choice to `auto_distribute`, why it chose so (else None).
+    """
+    mode, automatic = config.distribute, None
+    if mode is None:
+        train_split, val_split, test_split, _ = splits
+        eval_sizes = [split.size for split in (val_split, test_split) if split is not None]
+        mode, automatic = auto_distribute.choose(config, train_split.size, eval_sizes)
+    if mode and mode != "none":
+        return distribute.distribution_scope(mode, **config.distribute_options), automatic
+    return contextlib.nullcontext(None), automatic
+
+
+def _compiled_model(config, provenance, dist, automatic, steps_per_epoch):
+    """The run's model, prepared for `dist` and compiled; records the distribution in `provenance`."""
+    model = build_model(config, tuple(provenance["image_shape"]), provenance["num_classes"])
+    if dist is not None:
+        dist.prepare_model(model)  # synchronised BatchNorm on TensorFlow replicas
+        provenance["distribution"] = {**dist.as_dict(), "automatic": automatic}
+    elif automatic is not None:  # why this default run stayed on one device
+        provenance["distribution"] = {"mode": "none", "num_replicas": 1, "automatic": automatic}
+    compile_model(model, config, steps_per_epoch)
+    return model
+
+
+def _write_run_config(path, config, provenance, model, monitor, command):
+    """config.json: the resolved config, the data's provenance, the model, and the software it ran on."""
+    write_json(
+        path,
+        {
+            "config": config.to_dict(),
+            "data": provenance,
+            "model": {"name": config.model, "parameters": int(model.count_params()), "config": model.get_config()},
+            "optimizer": {"name": config.optimizer, "epsilon": ADAM_EPSILON, "note": "PyTorch's Adam epsilon"},
+            "best_metric": monitor,
+            "environment": _environment(),
+            "command": command,
+        },
+    )
+
+
+@dataclasses.dataclass
+class _Recorders:
+    """The run's callbacks whose state it reads once `fit` returns."""
+
+    guard: cbs.DivergenceGuard
+    history: cbs.HistoryWriter
+    saver: cbs.ModelSaver
+    mlflow_logger: object  # cbs.MLflowLogger, or None without --mlflow
+
+
+def _recording_callbacks(config, output_dir, provenance, monitor, val_ds, test_ds, test_aug_ds):
+    """(recorders, callbacks): the callbacks that evaluate and record every epoch, in the order they run."""
+    guard = cbs.DivergenceGuard()
+    history = cbs.HistoryWriter(output_dir, with_validation=val_ds is not None)
+    saver = cbs.ModelSaver(output_dir, monitor, history)
+    callbacks = [
+        guard,
+        cbs.EpochEvaluator(test_ds, test_aug_ds, provenance["train_images"], guard),
+        history,
+        saver,
+        cbs.CurvePlotter(output_dir, history, title=f"{config.model} d{config.depth} on {config.dataset}"),
+        keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard"), write_graph=False, profile_batch=0),
+    ]
+    mlflow_logger = None
+    if config.mlflow:
+        mlflow_logger = cbs.MLflowLogger(
+            output_dir,
+            {"config": config.to_dict(), "data": {k: v for k, v in provenance.items() if k != "notes"}},
+            experiment=f"keras_vitbn-{config.dataset}",
+        )
+        callbacks.append(mlflow_logger)
+    return _Recorders(guard, history, saver, mlflow_logger), callbacks
+
+
+def _fit(model, config, train_ds, val_ds, fit_steps, callbacks, verbose, mlflow_logger):
+    """`model.fit` over the run's epochs; an MLflow run it logs to ends as KILLED if fit raises."""
+    try:
+        model.fit(
+            train_ds,
+            epochs=config.epochs,
+            steps_per_epoch=fit_steps,
+            validation_data=val_ds,
+            shuffle=False,  # train_ds is shuffled by tf.data with the run's seed
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+    except BaseException:
+        if mlflow_logger is not None and mlflow_logger.run is not None:
+            import mlflow  # optional: only runs with --mlflow need it
+
+            mlflow.end_run(status="KILLED")
+        raise
+
+
+def _finish(config, output_dir, status_path, backup_dir, recorders, monitor, provenance, start):
+    """Records how the run ended (status.json, MLflow), says so, and returns `train`'s result."""
+    rows = recorders.history.rows
+    if recorders.guard.reason is not None:
+        status, reason = "diverged", recorders.guard.reason
         shutil.rmtree(backup_dir, ignore_errors=True)  # never resume from a non-finite state
     else:
         status, reason = "completed", None
     result = _result(output_dir, status, reason, rows)
     write_json(
-        paths["status.json"],
+        status_path,
         {
             "status": status,
             "reason": reason,
             "epochs_completed": result["epochs_completed"],
             "best_metric": monitor,
-            "best_epoch": saver.best_epoch,
-            "best_value": saver.best,
+            "best_epoch": recorders.saver.best_epoch,
+            "best_value": recorders.saver.best,
             "wall_time_this_session": time.perf_counter() - start,
         },
     )
-    if mlflow_logger is not None:
-        mlflow_logger.finish(status, reason)
-    result.update({"best_metric": monitor, "best_epoch": saver.best_epoch, "provenance": provenance})
+    if recorders.mlflow_logger is not None:
+        recorders.mlflow_logger.finish(status, reason)
+    result.update({"best_metric": monitor, "best_epoch": recorders.saver.best_epoch, "provenance": provenance})
     final = rows[-1] if rows else {}
     _say(
         f"{status}{f' ({reason})' if reason else ''}: {result['epochs_completed']} epochs; last epoch test accuracy "
