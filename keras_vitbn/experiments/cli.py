@@ -5,7 +5,8 @@
 
 Trains every run of the config that is not cached yet (resumable: rerun the same
 command after an interruption), then writes report.md, figures and summary.json
-into --out. Keras is imported only after --backend has been applied.
+into --out. Importing keras_vitbn imports Keras, so --backend cannot switch it: it must
+agree with KERAS_BACKEND, and the runner refuses another with what to set.
 """
 
 import dataclasses
@@ -18,7 +19,9 @@ import time
 
 from keras_vitbn.experiments.config import REPO_ROOT, data_preset
 from keras_vitbn.experiments.config import quick as make_quick
-from keras_vitbn.runtime import allocator
+from keras_vitbn.experiments.report import build_report
+from keras_vitbn.experiments.runner import resolve_backend, run_experiment
+from keras_vitbn.runtime import allocator, auto_distribute
 from keras_vitbn.utils.cli_errors import ArgumentParser, command
 
 
@@ -135,17 +138,12 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.backend:
-        os.environ["KERAS_BACKEND"] = args.backend  # before anything imports keras
-    from keras_vitbn.experiments.report import build_report
-    from keras_vitbn.experiments.runner import resolve_backend, run_experiment
-
+        os.environ["KERAS_BACKEND"] = args.backend  # resolve_backend checks it against the imported Keras
     cfg, stem = load_config(args.config)
     cfg = apply_overrides(cfg, args)
     out = args.out or os.path.join("runs", stem + ("_quick" if args.quick else ""))
     backend = resolve_backend(args.backend)
     if cfg.distribute is None:  # before any run starts JAX: the ViT runs that gain from it go data parallel
-        from keras_vitbn.runtime import auto_distribute
-
         for model in cfg.models:
             for depth in cfg.depths:
                 auto_distribute.request_cpu_devices(model, depth)  # sets the flag once, for the first that gains

@@ -24,8 +24,10 @@ import sys
 import time
 import traceback
 
+from keras_vitbn.experiments.config import RunSpec
 from keras_vitbn.utils import files
 from keras_vitbn.utils.machine import load_average, machine_info
+from keras_vitbn.utils.progress import Progress, format_duration
 
 CACHE_VERSION = 1
 # Data folders are where the data sit, not which data: leaving them out keeps a cache
@@ -168,12 +170,14 @@ def resolve_backend(backend=None):
 
 
 def default_train_fn(config):
+    # deferred: the trainer loads TensorFlow (tf.data); reports and injected train functions need neither
     from keras_vitbn.training.train import train
 
     return train(config)
 
 
 def default_config_factory(d):
+    # deferred: as in default_train_fn (importing keras_vitbn.training loads the trainer and TensorFlow)
     from keras_vitbn.training.config import TrainConfig
 
     return TrainConfig.from_dict(d)
@@ -312,76 +316,100 @@ def run_experiment(
     Returns:
         list of RunRecord, in grid order.
     """
-    from keras_vitbn.utils.progress import Progress, format_duration
-
     backend = resolve_backend(backend)
-    train_fn = train_fn or default_train_fn
+    out_dir, cache_dir = _experiment_dirs(out_dir, cache_dir)
+    planned = plan(cfg, cache_dir, backend, config_factory)
+    total = len(planned)
+    n_cached = sum(1 for *_, rd in planned if run_status(rd)[0] in DONE)
+    log(
+        f"[{cfg.name}] {total} runs on backend {backend} ({n_cached} cached, "
+        f"{total - n_cached} to train); cache {cache_dir}"
+    )
+    runner = _GridRunner(
+        experiment=cfg.name,
+        backend=backend,
+        train_fn=train_fn or default_train_fn,
+        log=log,
+        progress=Progress(total, to_compute=0 if dry_run else total - n_cached),
+        fail_fast=fail_fast,
+        dry_run=dry_run,
+        clear_session=clear_session,
+    )
+    width = len(str(total))
+    records = [runner.record(f"[run {i:>{width}}/{total}]", *run) for i, run in enumerate(planned, 1)]
+    write_json(
+        os.path.join(out_dir, "results.json"),
+        dict(
+            experiment=cfg.to_dict(),
+            backend=backend,
+            cache_dir=cache_dir,
+            records=[r.to_dict() for r in records],
+        ),
+    )
+    return records
+
+
+def _experiment_dirs(out_dir, cache_dir):
+    """(out_dir, cache_dir) as absolute paths, both created; the cache defaults to `<out_dir>/../cache`."""
     out_dir = os.path.abspath(out_dir)
     if cache_dir is None:
         cache_dir = os.path.join(os.path.dirname(out_dir), "cache")
     cache_dir = os.path.abspath(cache_dir)
     os.makedirs(out_dir, exist_ok=True)
     os.makedirs(cache_dir, exist_ok=True)
+    return out_dir, cache_dir
 
-    planned = plan(cfg, cache_dir, backend, config_factory)
-    total = len(planned)
-    width = len(str(total))
-    n_cached = sum(1 for *_, rd in planned if run_status(rd)[0] in DONE)
-    log(
-        f"[{cfg.name}] {total} runs on backend {backend} ({n_cached} cached, "
-        f"{total - n_cached} to train); cache {cache_dir}"
-    )
-    records = []
-    progress = Progress(total, to_compute=0 if dry_run else total - n_cached)
-    for i, (spec, config, h, run_dir) in enumerate(planned, 1):
-        tag = f"[run {i:>{width}}/{total}]"
+
+@dataclasses.dataclass
+class _GridRunner:
+    """Runs the cells of one experiment one by one: what they share (`run_experiment`'s arguments, the progress)."""
+
+    experiment: str
+    backend: str
+    train_fn: object
+    log: object
+    progress: Progress
+    fail_fast: bool
+    dry_run: bool
+    clear_session: bool
+
+    def record(self, tag, spec, config, h, run_dir):
+        """The RunRecord of one planned run: its cached result, its plan (dry run), a skip, or a fresh training."""
         status, reason = run_status(run_dir)
         if status in DONE:
-            progress.skip()
-            log(f"{tag} cached ({status}): {spec.label()} -> {os.path.basename(run_dir)}")
-            records.append(RunRecord(spec, run_dir, h, status, read_history(run_dir), True, None, reason))
-            continue
-        if dry_run:
-            log(f"{tag} would train: {spec.label()} -> {os.path.basename(run_dir)}")
-            records.append(RunRecord(spec, run_dir, h, "planned", read_history(run_dir)))
-            continue
+            self.progress.skip()
+            self.log(f"{tag} cached ({status}): {spec.label()} -> {os.path.basename(run_dir)}")
+            return RunRecord(spec, run_dir, h, status, read_history(run_dir), True, None, reason)
+        if self.dry_run:
+            self.log(f"{tag} would train: {spec.label()} -> {os.path.basename(run_dir)}")
+            return RunRecord(spec, run_dir, h, "planned", read_history(run_dir))
         os.makedirs(run_dir, exist_ok=True)
         if not _acquire_lock(run_dir):
-            progress.skip(planned=True)
-            log(f"{tag} skipped, another process is training it: {spec.label()}")
-            records.append(RunRecord(spec, run_dir, h, "running", read_history(run_dir)))
-            continue
+            self.progress.skip(planned=True)
+            self.log(f"{tag} skipped, another process is training it: {spec.label()}")
+            return RunRecord(spec, run_dir, h, "running", read_history(run_dir))
+        return self._train(tag, spec, config, h, run_dir)
+
+    def _train(self, tag, spec, config, h, run_dir):
+        """Trains (or resumes) a run whose lock this process holds; runner.json records it before and after."""
         resuming = os.path.exists(os.path.join(run_dir, "history.jsonl"))
-        log(
+        self.log(
             f"{tag} {'resuming' if resuming else 'training'}: {spec.label()} "
-            f"-> {os.path.basename(run_dir)} ({progress.line()})"
+            f"-> {os.path.basename(run_dir)} ({self.progress.line()})"
         )
         meta = dict(
             config_hash=h,
-            backend=backend,
+            backend=self.backend,
             cache_version=CACHE_VERSION,
             spec=dataclasses.asdict(spec),
             train_config=_to_dict(config, {}),
-            experiment=cfg.name,
+            experiment=self.experiment,
             started=datetime.datetime.now().isoformat(timespec="seconds"),
             machine=machine_info(),
         )
         write_json(os.path.join(run_dir, RUNNER_FILE), meta)
         t0 = time.time()
-        error = None
-        result = {}
-        try:
-            result = train_fn(config) or {}
-        except Exception as e:  # noqa: BLE001 - one failed run must not stop a sweep
-            if fail_fast:
-                _release_lock(run_dir)
-                raise
-            error = f"{type(e).__name__}: {e}"
-            log(f"{tag} FAILED: {spec.label()}: {error}")
-            meta["traceback"] = traceback.format_exc()
-        finally:
-            if clear_session:
-                _clear_session()
+        result, error = self._call_train_fn(tag, spec, config, run_dir, meta)
         status, reason = run_status(run_dir)
         if error is None and status is None:
             status, reason = result.get("status"), result.get("reason")
@@ -398,26 +426,29 @@ def run_experiment(
         )
         write_json(os.path.join(run_dir, RUNNER_FILE), meta)
         _release_lock(run_dir)
-        progress.finish(time.time() - t0)
-        log(f"{tag} {status} in {format_duration(time.time() - t0)}; {progress.line()}")
-        records.append(RunRecord(spec, run_dir, h, status, history, False, error, reason))
+        self.progress.finish(time.time() - t0)
+        self.log(f"{tag} {status} in {format_duration(time.time() - t0)}; {self.progress.line()}")
+        return RunRecord(spec, run_dir, h, status, history, False, error, reason)
 
-    write_json(
-        os.path.join(out_dir, "results.json"),
-        dict(
-            experiment=cfg.to_dict(),
-            backend=backend,
-            cache_dir=cache_dir,
-            records=[r.to_dict() for r in records],
-        ),
-    )
-    return records
+    def _call_train_fn(self, tag, spec, config, run_dir, meta):
+        """(result dict, error text or None): a failed run is recorded (its traceback into `meta`), not raised."""
+        try:
+            return self.train_fn(config) or {}, None
+        except Exception as e:  # noqa: BLE001 - one failed run must not stop a sweep
+            if self.fail_fast:
+                _release_lock(run_dir)
+                raise
+            error = f"{type(e).__name__}: {e}"
+            self.log(f"{tag} FAILED: {spec.label()}: {error}")
+            meta["traceback"] = traceback.format_exc()
+            return {}, error
+        finally:
+            if self.clear_session:
+                _clear_session()
 
 
 def load_records(path):
     """RunRecords back from a `results.json` written by `run_experiment`."""
-    from keras_vitbn.experiments.config import RunSpec
-
     data = read_json(path)
     if data is None:
         raise FileNotFoundError(f"no results at {path}")

@@ -21,10 +21,13 @@ import os
 import shlex
 import sys
 
-from keras_vitbn.runtime import allocator
+from keras_vitbn.runtime import allocator, auto_distribute
 from keras_vitbn.training.cli import build_parser, config_from_args
 from keras_vitbn.training.presets import PRESETS
+from keras_vitbn.training.train import load_data
+from keras_vitbn.tuning import report
 from keras_vitbn.tuning.config import TUNERS, SearchConfig
+from keras_vitbn.tuning.search import search
 from keras_vitbn.utils.cli_errors import ArgumentParser, command
 
 # Trainer flags that make no sense for a search.
@@ -149,9 +152,6 @@ def main(argv=None):
         if args.report_only:
             summary = report_only(config)
         else:
-            from keras_vitbn.runtime import auto_distribute
-            from keras_vitbn.tuning.search import search
-
             if config.train.distribute is None:  # before anything starts JAX, as the trainers do
                 for model, depth in config.cells():
                     auto_distribute.request_cpu_devices(model, depth)
@@ -195,9 +195,6 @@ def console_main():
 
 def report_only(config):
     """Rewrites the report of an existing search directory (evaluating best models on the test data)."""
-    from keras_vitbn.training.train import load_data
-    from keras_vitbn.tuning import report
-
     if not config.output_dir:
         config = SearchConfig.from_dict({**config.to_dict(), "output_dir": config.default_output_dir()})
     if not os.path.exists(os.path.join(config.output_dir, "search.json")):

@@ -11,7 +11,9 @@ searches the learning rate alone, everything else being `train` (a
 
 import dataclasses
 import math
+import os
 
+from keras_vitbn.models import list_models
 from keras_vitbn.training.config import TrainConfig
 
 TUNERS = ("bayesian", "random", "grid")
@@ -62,8 +64,6 @@ class SearchConfig:
     output_dir: str = ""
 
     def __post_init__(self):
-        import keras_vitbn
-
         if isinstance(self.train, dict):
             self.train = TrainConfig.from_dict(self.train)
         self.models = tuple(self.models)
@@ -73,8 +73,8 @@ class SearchConfig:
         if not self.models:
             raise ValueError("no models to search: pass at least one model name")
         for name in self.models:
-            if name not in keras_vitbn.list_models():
-                raise ValueError(f"unknown model {name!r}: choose one of {', '.join(keras_vitbn.list_models())}")
+            if name not in list_models():
+                raise ValueError(f"unknown model {name!r}: choose one of {', '.join(list_models())}")
         if len(set(self.models)) != len(self.models):
             raise ValueError(f"models {self.models} contain duplicates")
         if not self.depths:
@@ -157,6 +157,4 @@ class SearchConfig:
         return values
 
     def default_output_dir(self):
-        import os
-
         return os.path.join("runs", "tuning", self.train.dataset.replace("/", "_"))
