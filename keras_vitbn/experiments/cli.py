@@ -17,7 +17,7 @@ import shlex
 import sys
 import time
 
-from keras_vitbn.experiments.config import REPO_ROOT, data_preset
+from keras_vitbn.experiments.config import data_preset
 from keras_vitbn.experiments.config import quick as make_quick
 from keras_vitbn.experiments.report import build_report
 from keras_vitbn.experiments.runner import resolve_backend, run_experiment
@@ -26,14 +26,14 @@ from keras_vitbn.utils.cli_errors import ArgumentParser, command
 
 
 def load_config(spec):
-    """ExperimentConfig from "path/to/config.py[:arg]" or a bare name in experiments/."""
+    """(ExperimentConfig, the file's stem) from "path/to/config.py[:arg]", a path relative to the current directory.
+
+    As big_vision's `--config path/to/config.py:arg`: the config is a file, wherever it is; a checkout's
+    own are in its experiments/ folder.
+    """
     path, _, arg = spec.partition(":")
-    if not path.endswith(".py") and os.sep not in path:
-        path = os.path.join(REPO_ROOT, "experiments", f"{path}.py")
-    if not os.path.exists(path) and os.path.exists(os.path.join(REPO_ROOT, path)):
-        path = os.path.join(REPO_ROOT, path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no experiment config at {path}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(_missing_config(path))
     module_name = "_experiment_" + os.path.splitext(os.path.basename(path))[0]
     mod_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(mod_spec)
@@ -41,6 +41,13 @@ def load_config(spec):
     if not hasattr(module, "get_config"):
         raise ValueError(f"{path} defines no get_config(arg=None)")
     return module.get_config(arg or None), os.path.splitext(os.path.basename(path))[0]
+
+
+def _missing_config(path):
+    """What to say about a config path that names no file: where it was looked for, and what to give."""
+    stem = os.path.splitext(os.path.basename(path.rstrip("/" + os.sep)))[0] or "depth_sweep"
+    where = "" if os.path.isabs(path) else f" in {os.getcwd()}"
+    return f"no experiment config {path}{where}: give a file, e.g. experiments/{stem}.py"
 
 
 def _ints(text):

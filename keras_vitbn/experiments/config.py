@@ -18,8 +18,6 @@ import types
 
 from keras_vitbn.data.locations import data_path
 
-REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-
 # Offline and online data sources; `data=<name>` in a config argument picks one.
 DATA_PRESETS = {
     # Full MNIST through tfds (needs the internet or a prepared tfds data_dir).
