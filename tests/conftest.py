@@ -5,7 +5,8 @@ The suite runs once per backend: `KERAS_BACKEND=jax|tensorflow|torch pytest`.
 Real data: tests that need only some real digits use `mnist_sample` (600 MNIST test
 digits in tests/fixtures, part of the repository). Tests that need the full MNIST test
 split, Fashion-MNIST or the reference checkpoints take the `shared_data` fixture: the
-folder `$KERAS_VITBN_DATA` (default ../shared/data beside the checkout). Where it is
+folder `$KERAS_VITBN_DATA`; unset, this file sets it to ../shared/data beside the checkout
+(the package never guesses a data folder), as `make test` and .ci/run do. Where it is
 absent they skip with one line of reason, and the summary counts them;
 KERAS_VITBN_REQUIRE_DATA=1 (CI) makes them fail instead.
 """
@@ -18,6 +19,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import keras_vitbn  # noqa: F401 (registers the serializable layers; changes nothing process-wide)
+from keras_vitbn.data.locations import DATA_ENV, data_root
+
+# `pytest` run by hand finds the checkout's data like `make test`; subprocesses inherit it.
+CHECKOUT_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+if not os.environ.get(DATA_ENV):
+    os.environ[DATA_ENV] = CHECKOUT_DATA
 
 
 def pytest_addoption(parser):
@@ -50,8 +57,6 @@ SAMPLE = os.path.join(os.path.dirname(__file__), "fixtures", "mnist_sample.npz")
 
 
 def _shared_data_path():
-    from keras_vitbn.data.locations import CHECKOUT_DATA, data_root
-
     return data_root() or CHECKOUT_DATA
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from keras_vitbn.data import augmentation, load_splits, make_pipeline, materialize
+from keras_vitbn.data import augmentation, load_splits, locations, make_pipeline, materialize
 from keras_vitbn.data.datasets import DATA_DIR_ENV, TEST_DATA_DIR_ENV, epoch_steps
 from tests.test_data_idx import make_idx_dir
 
@@ -200,3 +200,18 @@ def test_trainer_flags_reach_the_data_and_keep_run_hashes(tmp_path):
     assert parse("--allow-mixed-splits").allow_mixed_splits is True
     # Left at their defaults, the new fields leave every existing run hash (and so the results cache) unchanged.
     assert not {"num_classes", "allow_mixed_splits"} & set(hash_key(TrainConfig().to_dict()))
+
+
+def test_the_data_folder_comes_from_the_environment_only(tmp_path, monkeypatch):
+    monkeypatch.delenv(locations.DATA_ENV, raising=False)
+    assert locations.data_root() is None  # never a folder guessed beside the installed package
+    # A config may name a path before the data are needed; the loader's one line then names the variable.
+    path = locations.data_path("fashion-mnist")
+    assert path == os.path.join("$KERAS_VITBN_DATA", "fashion-mnist")
+    with pytest.raises(ValueError, match=r"^data directory \$KERAS_VITBN_DATA/fashion-mnist does not exist: pass an"):
+        load_splits("fashion_mnist", data_dir=path)
+    with pytest.raises(FileNotFoundError, match="not found: set KERAS_VITBN_DATA to the folder that holds mnist-test/"):
+        locations.require_data("mnist-test")
+    monkeypatch.setenv(locations.DATA_ENV, str(tmp_path))
+    assert locations.data_root() == str(tmp_path)
+    assert locations.require_data() == str(tmp_path)

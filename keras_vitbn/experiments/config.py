@@ -29,7 +29,7 @@ DATA_PRESETS = {
         data_dir=None,
         test_data_dir=data_path("mnist-test"),
     ),
-    # Fashion-MNIST from the IDX files in $KERAS_VITBN_DATA (default ../shared/data; 60k train, 10k test).
+    # Fashion-MNIST from the IDX files in $KERAS_VITBN_DATA/fashion-mnist (60k train, 10k test).
     "fashion_mnist": dict(
         dataset="fashion_mnist",
         source="idx",
