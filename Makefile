@@ -4,7 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BACKENDS ?= tensorflow jax torch
-PYTEST_ARGS ?= -q -n 2  # two pytest-xdist workers: most test time is single-threaded tracing and compiling
+# Two pytest-xdist workers: most test time is single-threaded tracing and compiling. The slowest
+# tests are listed after each backend's run, so a log says where the suite's time goes.
+PYTEST_ARGS ?= -q -n 2 --durations=15
 KERAS_BACKEND ?= jax
 TRAIN_ARGS ?=
 

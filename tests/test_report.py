@@ -236,6 +236,28 @@ def test_timing_drops_the_first_epoch(tmp_path):
     assert t["seconds_per_epoch"] == pytest.approx(np.median([4.0, 6.0, 5.0, 7.0]))
     assert t["images_per_sec"] == pytest.approx(np.median([500.0, 1000 / 3] * 2))
     assert t["epochs_measured"] == 4
+    assert t["fastest_seconds_per_epoch"] == 4.0 and t["fastest_images_per_sec"] == 500.0
+    text = (tmp_path / "report.md").read_text()
+    timing = text[text.index("## Time per epoch") :]
+    row = next(line for line in timing.splitlines() if line.startswith("| 1 |"))
+    assert row.split(" | ")[1:4] == ["4.0 (5.5)", "4.0 (5.5)", "1.00"]
+
+
+def test_a_learning_rate_without_runs_gets_no_empty_figures(tmp_path):
+    # A sweep part-way: every depth at lr 0.003, nothing yet at lr 0.005.
+    recs = [r for r in sweep_records() if r.learning_rate == LO]
+    summary = build_report(sweep_config(), recs, str(tmp_path))
+    assert set(summary["figures"]) == {"final_vs_depth.png"} | {
+        f"curves_lr{LO:g}_{m}.png" for m in ("test_aug_accuracy", "test_accuracy")
+    }
+    assert not list(tmp_path.glob(f"curves_lr{HI:g}_*.png")) and not (tmp_path / "lr_drop.png").exists()
+    text = (tmp_path / "report.md").read_text()
+    assert f"No curves yet at lr {HI:g}: no finished runs." in text
+    assert "No figure yet: a drop needs finished runs at both learning rates." in text
+    import matplotlib.image
+
+    img = matplotlib.image.imread(str(tmp_path / "final_vs_depth.png"))
+    assert img.shape[1] < img.shape[0] * 2  # one panel (lr 0.003), not two side by side
 
 
 def diverged_history():

@@ -204,7 +204,11 @@ class Analysis:
         return stats.pooled_drop_difference(cells)
 
     def timing(self, model, depth):
-        """Median seconds/epoch and images/s over all runs (first epoch dropped if > 1)."""
+        """Seconds/epoch and images/s over all finished runs (first epoch dropped if > 1).
+
+        The fastest epoch is the one least slowed by whatever else shared the machine, so
+        model-to-model ratios use it; the median shows what a run typically took.
+        """
         times, ips = [], []
         for lr in self.lrs:
             for r in self.runs(model, depth, lr):
@@ -217,14 +221,32 @@ class Analysis:
                 ips += [_float(h.get("images_per_sec")) for h in hist]
         times = [t for t in times if math.isfinite(t)]
         ips = [x for x in ips if math.isfinite(x)]
+        nan = float("nan")
         return {
-            "seconds_per_epoch": float(np.median(times)) if times else float("nan"),
-            "images_per_sec": float(np.median(ips)) if ips else float("nan"),
+            "seconds_per_epoch": float(np.median(times)) if times else nan,
+            "fastest_seconds_per_epoch": float(min(times)) if times else nan,
+            "images_per_sec": float(np.median(ips)) if ips else nan,
+            "fastest_images_per_sec": float(max(ips)) if ips else nan,
             "epochs_measured": len(times),
         }
 
+    def has_runs(self, lr):
+        """Whether any finished run trained at this learning rate (a figure needs one)."""
+        return any(
+            r.status in ("completed", "diverged") and r.history
+            for m in self.cfg.models
+            for d in self.depths
+            for r in self.runs(m, d, lr)
+        )
+
 
 # ---------------------------------------------------------------------------- claims
+
+
+def _mean_of_finite(values):
+    """Mean of the finite values; nan (no warning) while a grid has none yet."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def _fmt_pp(x):
@@ -306,7 +328,7 @@ def claim_lr_robustness(a):
     drops_t = [a.drop(a.treatment, d).diff for d in a.depths]
     evidence = (
         f"accuracy drop from lr {lo:g} to {hi:g}, averaged over depths: {b} "
-        f"{_fmt_pp(float(np.nanmean(drops_b)))}, {t} {_fmt_pp(float(np.nanmean(drops_t)))}; "
+        f"{_fmt_pp(_mean_of_finite(drops_b))}, {t} {_fmt_pp(_mean_of_finite(drops_t))}; "
         f"({b} drop) - ({t} drop) = {_fmt_contrast(pooled)}. Per depth, {t} significantly "
         f"more robust at {_depth_list(more)}, less robust at {_depth_list(less)}."
     )
@@ -413,9 +435,10 @@ def plot_curves(a, lr, metric, path):
 
 def plot_final_vs_depth(a, metric, path):
     """Final accuracy vs depth per learning rate, mean with 95% CI of each mean."""
-    fig, axes = _new_figure(1, len(a.lrs), w=4.2, h=3.2)
+    lrs = [lr for lr in a.lrs if a.has_runs(lr)]
+    fig, axes = _new_figure(1, len(lrs), w=4.2, h=3.2)
     depths = [d for d in a.depths if d is not None]
-    for ax, lr in zip(axes[0], a.lrs):
+    for ax, lr in zip(axes[0], lrs):
         for j, (model, color) in enumerate(zip(a.cfg.models, COLORS)):
             means, errs = [], []
             for d in depths:
@@ -572,8 +595,8 @@ def robustness_table(a):
     rows.append(
         [
             "**mean over depths**",
-            _fmt_pp(float(np.nanmean([a.drop(a.baseline, d).diff for d in a.depths]))),
-            _fmt_pp(float(np.nanmean([a.drop(a.treatment, d).diff for d in a.depths]))),
+            _fmt_pp(_mean_of_finite([a.drop(a.baseline, d).diff for d in a.depths])),
+            _fmt_pp(_mean_of_finite([a.drop(a.treatment, d).diff for d in a.depths])),
             _fmt_pp(pooled.diff),
             _fmt_ci(pooled),
             _fmt_p(pooled),
@@ -760,7 +783,7 @@ def _accuracy_sections(a, out):
             table, data = comparison_table(a, lr, metric)
             out.summary["comparisons"][metric][_lr_key(lr)] = data
             md += [f"### lr {lr:g}: final {METRIC_LABEL.get(metric, metric)}", "", *table, ""]
-    if _multi_depth(a):
+    if _multi_depth(a) and any(a.has_runs(lr) for lr in a.lrs):
         path = out.figure("final_vs_depth.png", plot_final_vs_depth, a, cfg.primary_metric)
         md += [f"![final accuracy vs depth]({path})", ""]
     md += ["## Convergence: mean accuracy over epochs", ""]
@@ -808,24 +831,31 @@ def _robustness_section(a, out):
         return []
     table, data = robustness_table(a)
     out.summary["robustness"] = data
-    return [
+    md = [
         f"## Learning-rate robustness: lr {a.lrs[0]:g} -> {a.lrs[-1]:g}",
         "",
         f"Drop in final {METRIC_LABEL.get(a.cfg.primary_metric)} (pp, positive = worse at the higher learning rate).",
         "",
         *table,
         "",
-        f"![learning-rate drop]({out.figure('lr_drop.png', plot_lr_drop, a)})",
-        "",
     ]
+    if a.has_runs(a.lrs[0]) and a.has_runs(a.lrs[-1]):
+        md += [f"![learning-rate drop]({out.figure('lr_drop.png', plot_lr_drop, a)})", ""]
+    else:
+        md += ["No figure yet: a drop needs finished runs at both learning rates.", ""]
+    return md
 
 
 def _curves_section(a, out):
     md = ["## Learning curves", ""]
+    waiting = [lr for lr in a.lrs if not a.has_runs(lr)]
     for metric in a.metrics:
         for lr in a.lrs:
-            p = out.figure(f"curves_lr{_lr_key(lr)}_{metric}.png", plot_curves, a, lr, metric)
-            md += [f"![{metric} lr {lr:g}]({p})", ""]
+            if lr not in waiting:
+                p = out.figure(f"curves_lr{_lr_key(lr)}_{metric}.png", plot_curves, a, lr, metric)
+                md += [f"![{metric} lr {lr:g}]({p})", ""]
+    if waiting:
+        md += [f"No curves yet at lr {', '.join(f'{lr:g}' for lr in waiting)}: no finished runs.", ""]
     return md
 
 
@@ -835,26 +865,38 @@ def _timing_section(a, out):
     for d in a.depths:
         tb, tt = a.timing(a.baseline, d), a.timing(a.treatment, d)
         out.summary["timing"][_depth_key(d)] = {a.baseline: tb, a.treatment: tt}
-        ratio = tt["seconds_per_epoch"] / tb["seconds_per_epoch"] if tb["seconds_per_epoch"] else float("nan")
+        fb, ft = tb["fastest_seconds_per_epoch"], tt["fastest_seconds_per_epoch"]
         rows.append(
             [
                 _depth_key(d),
-                f"{tb['seconds_per_epoch']:.2f}",
-                f"{tt['seconds_per_epoch']:.2f}",
-                f"{ratio:.2f}",
-                f"{tb['images_per_sec']:.0f}",
-                f"{tt['images_per_sec']:.0f}",
+                f"{fb:.1f} ({tb['seconds_per_epoch']:.1f})",
+                f"{ft:.1f} ({tt['seconds_per_epoch']:.1f})",
+                f"{ft / fb:.2f}" if fb else "nan",
+                f"{tb['fastest_images_per_sec']:.0f}",
+                f"{tt['fastest_images_per_sec']:.0f}",
             ]
         )
     out.summary["budget"] = {k: v for k, v in budget.estimate(a.records).items() if k != "per_cell"}
     return [
         "## Time per epoch and throughput",
         "",
-        "Median over all epochs of all runs at this depth (both learning rates, all seeds), "
-        "first epoch of each run left out when there are more (it includes compilation). "
-        "Measured on the machine that ran the sweep, possibly shared: compare within this table.",
+        "Over all epochs of all finished runs at this depth (both learning rates, all seeds), the "
+        "first epoch of each run left out when there are more (it includes compilation): the "
+        "fastest epoch, and the median in brackets. The machine may have been shared while "
+        "a run trained; the fastest epoch is the least disturbed, so the time ratio and the "
+        "throughput use it.",
         "",
-        *_table(rows, ["depth", f"{b} s/epoch", f"{t} s/epoch", f"{t}/{b} time", f"{b} images/s", f"{t} images/s"]),
+        *_table(
+            rows,
+            [
+                "depth",
+                f"{b} s/epoch",
+                f"{t} s/epoch",
+                f"{t}/{b} time",
+                f"{b} images/s",
+                f"{t} images/s",
+            ],
+        ),
         "",
         "## Compute budget",
         "",
