@@ -296,6 +296,11 @@ def test_results_json_round_trip(tmp_path):
     ]
     data = read_json(tmp_path / "exp" / "results.json")
     assert data["backend"] == keras.backend.backend()
+    # Folders are stored relative to results.json: the file stays true in another clone.
+    assert data["cache_dir"] == os.path.join("..", "cache")
+    assert [r["run_dir"] for r in data["records"]] == [
+        os.path.join("..", "cache", os.path.basename(r.run_dir)) for r in records
+    ]
 
 
 def test_backend_mismatch_is_an_error(tmp_path):

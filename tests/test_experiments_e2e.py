@@ -57,7 +57,7 @@ def test_quick_grid_trains_reports_and_caches(tmp_path, capsys, shared_data):
     assert "2 runs on backend" in log and "(0 cached, 2 to train)" in log
     assert "[run 1/2] training: vit depth=1" in log
     results = json.loads((tmp_path / "exp" / "results.json").read_text())
-    records = results["records"]
+    records = [{**r, "run_dir": os.path.join(tmp_path, "exp", r["run_dir"])} for r in results["records"]]
     assert {r["model"] for r in records} == {"vit", "vit_bnffn"}
     for r in records:
         assert r["status"] == "completed", r

@@ -337,13 +337,14 @@ def run_experiment(
     )
     width = len(str(total))
     records = [runner.record(f"[run {i:>{width}}/{total}]", *run) for i, run in enumerate(planned, 1)]
+    # Folders relative to results.json, so committed results hold no path of this machine.
     write_json(
         os.path.join(out_dir, "results.json"),
         dict(
             experiment=cfg.to_dict(),
             backend=backend,
-            cache_dir=cache_dir,
-            records=[r.to_dict() for r in records],
+            cache_dir=os.path.relpath(cache_dir, out_dir),
+            records=[{**r.to_dict(), "run_dir": os.path.relpath(r.run_dir, out_dir)} for r in records],
         ),
     )
     return records
@@ -448,17 +449,18 @@ class _GridRunner:
 
 
 def load_records(path):
-    """RunRecords back from a `results.json` written by `run_experiment`."""
+    """RunRecords back from a `results.json` written by `run_experiment`, run folders absolute."""
     data = read_json(path)
     if data is None:
         raise FileNotFoundError(f"no results at {path}")
+    here = os.path.dirname(os.path.abspath(path))
     out = []
     for r in data["records"]:
         spec = RunSpec(r["model"], r["depth"], float(r["learning_rate"]), int(r["seed"]), r.get("norm"))
         out.append(
             RunRecord(
                 spec,
-                r["run_dir"],
+                os.path.normpath(os.path.join(here, r["run_dir"])),
                 r["config_hash"],
                 r["status"],
                 r["history"],
