@@ -12,6 +12,7 @@ import pytest
 from scipy import stats as st
 
 from keras_vitbn.experiments import ExperimentConfig, RunRecord, RunSpec, build_report, stats
+from keras_vitbn.experiments.report import Analysis, plot_curves
 
 EPOCHS = 3
 LO, HI = 0.003, 0.005
@@ -258,6 +259,17 @@ def test_a_learning_rate_without_runs_gets_no_empty_figures(tmp_path):
 
     img = matplotlib.image.imread(str(tmp_path / "final_vs_depth.png"))
     assert img.shape[1] < img.shape[0] * 2  # one panel (lr 0.003), not two side by side
+
+
+def test_a_depth_without_runs_gets_a_labelled_empty_panel(tmp_path):
+    # Depth 2 has no finished run yet at lr 0.003: its panel says so instead of empty axes.
+    recs = [r for r in sweep_records() if r.learning_rate == LO and r.depth != 2]
+    a = Analysis(sweep_config(), recs)
+    fig = plot_curves(a, LO, "test_aug_accuracy", str(tmp_path / "curves.png"))
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    assert [t.get_text() for t in panels["depth 2"].texts] == ["no finished runs yet"]
+    assert not panels["depth 2"].lines and panels["depth 1"].lines and not panels["depth 1"].texts
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def diverged_history():

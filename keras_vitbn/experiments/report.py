@@ -423,6 +423,10 @@ def plot_curves(a, lr, metric, path):
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7, loc="lower right")
+        else:  # a blank panel would read as a plotting bug
+            ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes, color="0.4")
+            ax.set_xticks([])
+            ax.set_yticks([])
     for k in range(len(depths), nrows * ncols):
         axes[k // ncols][k % ncols].set_visible(False)
     fig.suptitle(
@@ -431,6 +435,7 @@ def plot_curves(a, lr, metric, path):
         fontsize=11,
     )
     save_figure(fig, path, dpi=110)
+    return fig
 
 
 def plot_final_vs_depth(a, metric, path):
