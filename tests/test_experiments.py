@@ -8,6 +8,8 @@ The end-to-end test with the real trainer lives in test_experiments_e2e.py.
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import keras
 import pytest
@@ -305,8 +307,20 @@ def test_results_json_round_trip(tmp_path):
 
 def test_backend_mismatch_is_an_error(tmp_path):
     other = "torch" if keras.backend.backend() != "torch" else "jax"
-    with pytest.raises(RuntimeError, match="already imported"):
+    with pytest.raises(ValueError, match="already imported"):
         run(small_config(), tmp_path, FakeTrainer(), backend=other)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a subprocess; runs once, on TensorFlow")
+def test_the_backend_flag_starts_the_command_on_that_backend(tmp_path):
+    # KERAS_BACKEND says tensorflow (importing keras_vitbn loads it); --backend jax must win.
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": ROOT}
+    argv = ["--config", "experiments/mlp_baseline.py:quick", "--backend", "jax", "--dry-run"]
+    argv += ["--out", str(tmp_path / "exp"), "--seeds", "1"]
+    cmd = [sys.executable, "-m", "keras_vitbn.experiments", *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "runs on backend jax" in proc.stdout, proc.stdout[-2000:]
 
 
 def test_distribute_is_passed_through(tmp_path):

@@ -5,8 +5,8 @@
 
 Trains every run of the config that is not cached yet (resumable: rerun the same
 command after an interruption), then writes report.md, figures and summary.json
-into --out. Importing keras_vitbn imports Keras, so --backend cannot switch it: it must
-agree with KERAS_BACKEND, and the runner refuses another with what to set.
+into --out. Importing keras_vitbn imports Keras, which cannot switch backends: a --backend
+other than KERAS_BACKEND's starts the command again with KERAS_BACKEND set.
 """
 
 import dataclasses
@@ -23,6 +23,8 @@ from keras_vitbn.experiments.report import build_report
 from keras_vitbn.experiments.runner import resolve_backend, run_experiment
 from keras_vitbn.runtime import allocator, auto_distribute
 from keras_vitbn.utils.cli_errors import ArgumentParser, command
+
+BACKENDS = ("jax", "tensorflow", "torch")
 
 
 def load_config(spec):
@@ -81,7 +83,7 @@ def build_parser():
     p.add_argument("--cache-dir", help="where runs are stored by hash (default <out>/../cache)")
     p.add_argument(
         "--backend",
-        choices=("jax", "tensorflow", "torch"),
+        choices=BACKENDS,
         help="Keras backend (default: KERAS_BACKEND or the keras default)",
     )
     p.add_argument("--distribute", help="passed to TrainConfig.distribute")
@@ -178,7 +180,25 @@ def main(argv=None):
     return 1 if failed else 0
 
 
+def start_on_backend(argv):
+    """Starts the command again with KERAS_BACKEND set when `--backend` names another backend.
+
+    Importing keras_vitbn imported Keras with the backend of the environment, and Keras
+    cannot switch it. Only once: if the restarted process still disagrees, `main` says
+    what to set in one line.
+    """
+    parser = ArgumentParser(add_help=False)
+    parser.add_argument("--backend", nargs="?")  # a bad value is left to `main`'s parser to report
+    wanted = parser.parse_known_args(argv)[0].backend
+    if wanted not in BACKENDS or wanted == allocator.configured_backend():
+        return
+    if os.environ.get("KERAS_BACKEND") != wanted and allocator.can_restart():
+        allocator.restart({"KERAS_BACKEND": wanted})
+
+
 def console_main():
-    """`keras-vitbn-experiments`: the trainers' process settings (`allocator.tune_for_training`), then `main`."""
+    """`keras-vitbn-experiments`: on the `--backend` asked for, with the trainers' process settings
+    (`allocator.tune_for_training`), then `main`."""
+    start_on_backend(sys.argv[1:])
     allocator.tune_for_training()
     return main()

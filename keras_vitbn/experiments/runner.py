@@ -159,7 +159,7 @@ def resolve_backend(backend=None):
     if backend:
         mod = sys.modules.get("keras")
         if mod is not None and hasattr(mod, "backend") and mod.backend.backend() != backend:
-            raise RuntimeError(
+            raise ValueError(
                 f"keras is already imported with backend {mod.backend.backend()!r}; "
                 f"set KERAS_BACKEND={backend} before starting Python to use {backend!r}"
             )

@@ -132,9 +132,18 @@ def tune_for_training(backend=None):
         return False
     if environment["GLIBC_TUNABLES"] == os.environ.get("GLIBC_TUNABLES"):
         return True  # read by glibc when this process started
-    # A program read from stdin or typed in (argv[0] "-" or "") cannot be started again.
-    if (arena_count() or 0) <= 1 or sys.argv[0] in ("", "-") or not sys.orig_argv:
+    if (arena_count() or 0) <= 1 or not can_restart():
         return tune_malloc()
+    restart(environment)
+
+
+def can_restart():
+    """Whether `restart` can start this process again: not a program read from stdin or typed in."""
+    return sys.argv[0] not in ("", "-") and bool(getattr(sys, "orig_argv", None))
+
+
+def restart(environment):
+    """Starts this command again (same interpreter, same command line) with `environment` added; never returns."""
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **environment})
