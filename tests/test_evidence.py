@@ -122,6 +122,21 @@ def test_cross_backend_report(tmp_path):
     assert json.loads((out / "summary.json").read_text())["verdict"] == "depends on the backend"
 
 
+def test_cross_backend_before_any_run(tmp_path, capsys):
+    # A fresh clone: the folder exists, the cell has no finished run. A report, no empty figure.
+    (tmp_path / "runs").mkdir()
+    out = tmp_path / "out"
+    assert cross_backend.main(["--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert "No curves yet: no finished run of this cell." in (out / "report.md").read_text()
+    assert not (out / "curves.png").exists()
+    assert json.loads((out / "summary.json").read_text())["verdict"] == "incomplete"
+    # No run folder at all: one line that says what to do, exit status 2.
+    capsys.readouterr()
+    assert cross_backend.main(["--runs", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no run folders at") and "evidence.sh" in err and "\n" not in err
+
+
 def test_committed_results_are_finished_runs_in_another_checkout(tmp_path):
     """A results folder copied elsewhere, with the data somewhere else, trains nothing again."""
     cfg = ExperimentConfig(

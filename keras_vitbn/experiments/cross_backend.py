@@ -12,13 +12,14 @@ The conclusion is "the treatment is ahead of (or behind) the baseline in this ce
 not depend on the backend when every backend that trained both models gives the same sign.
 """
 
-import argparse
 import os
 import sys
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from keras_vitbn.experiments.runner import DONE, RUNNER_FILE, read_history, run_status
+from keras_vitbn.utils.cli_errors import ArgumentParser, command
 from keras_vitbn.utils.files import read_json, save_figure, write_json, write_text
 
 METRICS = ("test_aug_accuracy", "test_accuracy")
@@ -55,13 +56,8 @@ BACKEND_COLORS = {"tensorflow": "tab:orange", "jax": "tab:blue", "torch": "tab:r
 
 
 def plot(cell, baseline, path, title, names):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 3.6), squeeze=False)
-    for ax, metric in zip(axes[0], METRICS):
+    fig = Figure(figsize=(5 * len(METRICS), 3.6), layout="constrained")
+    for ax, metric in zip(fig.subplots(1, len(METRICS), squeeze=False)[0], METRICS):
         for runs, style, label in ((cell, "-", names[0]), (baseline, ":", names[1])):
             for backend, _, hist in runs:
                 epochs = [h["epoch"] for h in hist]
@@ -78,9 +74,7 @@ def plot(cell, baseline, path, title, names):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
     save_figure(fig, path, dpi=110)
-    plt.close(fig)
 
 
 def summarize(cell, baseline, seeds):
@@ -135,15 +129,16 @@ def report_lines(args, s):
         f"this cell over {s['seeds']} runs (any backend, any seed): {sd}.",
         f"- Verdict: {VERDICT[s['verdict']].format(model=args.model, baseline=args.baseline)}",
         "",
-        "![curves](curves.png)",
+        "![curves](curves.png)"
+        if s["final"] or s["baseline_final"]
+        else "No curves yet: no finished run of this cell.",
         "",
     ]
 
 
+@command
 def main(argv=None):
-    p = argparse.ArgumentParser(
-        prog="python -m keras_vitbn.experiments.cross_backend", description=__doc__.split("\n")[0]
-    )
+    p = ArgumentParser(prog="python -m keras_vitbn.experiments.cross_backend", description=__doc__.split("\n")[0])
     p.add_argument("--runs", required=True, help="run folders of the sweep")
     p.add_argument("--model", default="vit_bnffn")
     p.add_argument("--baseline", default="vit")
@@ -153,23 +148,15 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if not os.path.isdir(args.runs):
-        print(
-            f"error: no run folders at {args.runs}; train the cell first (bash experiments/evidence.sh)",
-            file=sys.stderr,
-        )
-        return 2
+        raise FileNotFoundError(f"no run folders at {args.runs}; train the cell first (bash experiments/evidence.sh)")
     cell = find_runs(args.runs, args.model, args.depth, args.lr, args.seed)
     baseline = find_runs(args.runs, args.baseline, args.depth, args.lr, args.seed)
     seeds = find_runs(args.runs, args.model, args.depth, args.lr)
     s = summarize(cell, baseline, seeds)
     os.makedirs(args.out, exist_ok=True)
-    plot(
-        cell,
-        baseline,
-        os.path.join(args.out, "curves.png"),
-        f"{args.model} vs {args.baseline}, depth {args.depth}, lr {args.lr:g}, seed {args.seed}",
-        (args.model, args.baseline),
-    )
+    if cell or baseline:
+        title = f"{args.model} vs {args.baseline}, depth {args.depth}, lr {args.lr:g}, seed {args.seed}"
+        plot(cell, baseline, os.path.join(args.out, "curves.png"), title, (args.model, args.baseline))
     write_text(os.path.join(args.out, "report.md"), "\n".join(report_lines(args, s)))
     write_json(os.path.join(args.out, "summary.json"), s)
     print(
