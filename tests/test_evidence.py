@@ -130,6 +130,12 @@ def test_cross_backend_before_any_run(tmp_path, capsys):
     assert "No curves yet: no finished run of this cell." in (out / "report.md").read_text()
     assert not (out / "curves.png").exists()
     assert json.loads((out / "summary.json").read_text())["verdict"] == "incomplete"
+    # Only the baseline has run, on one backend: its row shows it, nothing is compared yet.
+    _fake_run(tmp_path / "runs", "vit", "tensorflow", 0, 0.77)
+    assert cross_backend.main(["--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "| tensorflow | — | 77.00 | — |" in text and "Spread between backends: n/a" in text
+    assert (out / "curves.png").exists()
     # No run folder at all: one line that says what to do, exit status 2.
     capsys.readouterr()
     assert cross_backend.main(["--runs", str(tmp_path / "nothing"), "--out", str(out)]) == 2

@@ -96,7 +96,7 @@ def summarize(cell, baseline, seeds):
         final=per_backend,
         baseline_final=base,
         sign=signs,
-        backend_spread=float(np.ptp(values)) if values else float("nan"),
+        backend_spread=float(np.ptp(values)) if len(values) > 1 else float("nan"),
         seed_sd=float(np.std(seed_finals, ddof=1)) if len(seed_finals) > 1 else float("nan"),
         seeds=len(seed_finals),
         verdict=verdict,
@@ -104,17 +104,17 @@ def summarize(cell, baseline, seeds):
 
 
 def report_lines(args, s):
+    def pct(values, b):
+        return f"{100 * values[b]:.2f}" if b in values else "—"
+
     rows = [
-        f"| {b} | {100 * v:.2f} | "
-        + (
-            f"{100 * s['baseline_final'][b]:.2f} | {100 * (v - s['baseline_final'][b]):+.2f}"
-            if b in s["baseline_final"]
-            else "— | —"
-        )
+        f"| {b} | {pct(s['final'], b)} | {pct(s['baseline_final'], b)} | "
+        + (f"{100 * (s['final'][b] - s['baseline_final'][b]):+.2f}" if b in s["sign"] else "—")
         + " |"
-        for b, v in sorted(s["final"].items())
+        for b in sorted(set(s["final"]) | set(s["baseline_final"]))
     ]
     sd = "n/a" if not np.isfinite(s["seed_sd"]) else f"{100 * s['seed_sd']:.2f} pp"
+    spread = f"{100 * s['backend_spread']:.2f} pp" if np.isfinite(s["backend_spread"]) else "n/a (under two backends)"
     return [
         f"# Cross-backend check: {args.model}, depth {args.depth}, lr {args.lr:g}, seed {args.seed}",
         "",
@@ -125,7 +125,7 @@ def report_lines(args, s):
         "|---|---|---|---|",
         *rows,
         "",
-        f"- Spread between backends: {100 * s['backend_spread']:.2f} pp; seed-to-seed s.d. of "
+        f"- Spread between backends: {spread}; seed-to-seed s.d. of "
         f"this cell over {s['seeds']} runs (any backend, any seed): {sd}.",
         f"- Verdict: {VERDICT[s['verdict']].format(model=args.model, baseline=args.baseline)}",
         "",
