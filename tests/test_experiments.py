@@ -464,3 +464,15 @@ def test_finished_run_under_an_older_hash_is_found(tmp_path):
     trainer = FakeTrainer()
     again, logs = run(cfg, tmp_path, trainer)
     assert trainer.calls == [] and again[0].run_dir == old and again[0].cached
+
+
+def test_report_only_trains_nothing_and_its_report_says_how_to_train(tmp_path, in_checkout):
+    from keras_vitbn.experiments.cli import main
+
+    out = tmp_path / "exp"
+    argv = ["--config", "experiments/mlp_baseline.py:quick", "--out", str(out), "--seeds", "1", "--report-only"]
+    assert main(argv) == 0
+    assert not [p for p in (tmp_path / "cache").iterdir() if (p / "status.json").exists()]  # nothing trained
+    reproduce = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("Reproduce:")]
+    assert len(reproduce) == 1 and "--config experiments/mlp_baseline.py:quick" in reproduce[0]
+    assert "--report-only" not in reproduce[0] and "--seeds 1" in reproduce[0]

@@ -156,7 +156,9 @@ def main(argv=None):
         for model in cfg.models:
             for depth in cfg.depths:
                 auto_distribute.request_cpu_devices(model, depth)  # sets the flag once, for the first that gains
-    command = f"KERAS_BACKEND={backend} python -m keras_vitbn.experiments {shlex.join(argv)}"
+    # The report's "Reproduce" line trains: the flags that only read results are left out of it.
+    train_argv = [a for a in argv if a not in ("--report-only", "--dry-run")]
+    command = f"KERAS_BACKEND={backend} python -m keras_vitbn.experiments {shlex.join(train_argv)}"
     t0 = time.time()
     records = run_experiment(
         cfg,
