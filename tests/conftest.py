@@ -1,4 +1,4 @@
-"""Shared pytest setup: seeds, readable tracebacks, the `large` marker, and the real data.
+"""Shared pytest setup: seeds, readable tracebacks, the `large` and `one_backend` markers, and the real data.
 
 The suite runs once per backend: `KERAS_BACKEND=jax|tensorflow|torch pytest`.
 
@@ -35,9 +35,15 @@ def pytest_collection_modifyitems(config, items):
     if config.getoption("--run-large"):
         return
     skip = pytest.mark.skip(reason="slow: run with --run-large")
+    backend = keras.backend.backend()
     for item in items:
         if "large" in item.keywords:
             item.add_marker(skip)
+        # Slow tests of machinery around training (resuming, process control) run on one pass
+        # of the default suite, and on every pass with --run-large.
+        one = item.get_closest_marker("one_backend")
+        if one is not None and one.args[0] != backend:
+            item.add_marker(pytest.mark.skip(reason=f"slow, tested on the {one.args[0]} pass (all with --run-large)"))
 
 
 def pytest_report_header(config):

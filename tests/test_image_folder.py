@@ -134,6 +134,7 @@ def test_imagenette_trainer_swaps_resnet34_norm(tmp_path):
     assert saved["config"]["model"] == "resnet34" and saved["config"]["model_overrides"]["norm"] == "layernorm"
 
 
+@pytest.mark.one_backend("torch")
 def test_imagenette_trainer_swaps_resnet_norm(tmp_path):
     import keras
 

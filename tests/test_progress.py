@@ -65,6 +65,7 @@ def test_runner_prints_count_elapsed_and_eta(tmp_path):
     assert "left" in training[1] and "9/12 done" in training[1]
 
 
+@pytest.mark.one_backend("torch")
 def test_tuning_search_prints_count_elapsed_and_eta(tmp_path, capsys):
     from keras_vitbn.training import TrainConfig
     from keras_vitbn.tuning import SearchConfig, search

@@ -260,6 +260,7 @@ class InterruptAtFit(keras.callbacks.Callback):
             raise KeyboardInterrupt(f"interrupted in fit {self.n}")
 
 
+@pytest.mark.one_backend("torch")
 def test_resume_after_interruptions(tmp_path):
     """Bayesian search (the default tuner), interrupted in a cell's second trial, then in a cell's first."""
     config = SearchConfig(
@@ -331,6 +332,7 @@ KILL_SEARCHES = {
 }
 
 
+@pytest.mark.one_backend("torch")
 @pytest.mark.parametrize(
     "tuner",
     ["grid", pytest.param("random", marks=pytest.mark.large), pytest.param("bayesian", marks=pytest.mark.large)],
@@ -481,6 +483,7 @@ def check_distributed(out, outputs, cells, trials_per_cell):
     return runners
 
 
+@pytest.mark.one_backend("torch")
 def test_distributed_chief_and_two_workers(tmp_path):
     """keras-tuner's distributed mode on 127.0.0.1: two cells of two trials, shared by two workers."""
     out = str(tmp_path / "search")
