@@ -21,10 +21,8 @@ from keras_vitbn.experiments.config import data_preset
 from keras_vitbn.experiments.config import quick as make_quick
 from keras_vitbn.experiments.report import build_report
 from keras_vitbn.experiments.runner import resolve_backend, run_experiment
-from keras_vitbn.runtime import allocator, auto_distribute
+from keras_vitbn.runtime import BACKENDS, allocator, auto_distribute
 from keras_vitbn.utils.cli_errors import ArgumentParser, command
-
-BACKENDS = ("jax", "tensorflow", "torch")
 
 
 def load_config(spec):

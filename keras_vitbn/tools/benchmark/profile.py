@@ -38,12 +38,11 @@ import numpy as np
 
 from keras_vitbn.models import create_model
 from keras_vitbn.models.registry import is_vit
-from keras_vitbn.runtime import allocator, auto_distribute, performance
+from keras_vitbn.runtime import BACKENDS, allocator, auto_distribute, performance
 from keras_vitbn.tools.benchmark import op_table
 
 # The article's 28x28 models, which the profiler feeds; the 224x224 CNNs are GPU-sized.
 PROFILED_MODELS = ("vit", "vit_bnffn", "vit_bn", "dnn", "dnn_bn")
-BACKENDS = ("jax", "tensorflow", "torch")
 
 
 def profile_training(

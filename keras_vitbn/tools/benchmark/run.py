@@ -14,11 +14,10 @@ import numpy as np
 
 from keras_vitbn.data import locations
 from keras_vitbn.data.idx import read_idx
-from keras_vitbn.runtime import allocator, auto_distribute, performance
+from keras_vitbn.runtime import BACKENDS, allocator, auto_distribute, performance
 from keras_vitbn.tools.benchmark.worker import compute_dtype
 from keras_vitbn.utils.machine import cpu_id
 
-BACKENDS = ("jax", "tensorflow", "torch")
 MODELS = {"vit_bnffn": "ViTBNFFN", "vit": "ViT"}
 # |first-step loss difference| allowed between any backend and the yardstick.
 FIRST_STEP_ATOL = 1e-4
