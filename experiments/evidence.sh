@@ -27,10 +27,13 @@ if [ "$REPORT_ONLY" != "--report" ]; then
   # 1. Seed 0 of both depth sweeps: whole curves over depth for both learning rates.
   experiment depth_sweep fashion_mnist data=fashion_mnist --seeds 1
   experiment depth_sweep mnist data=mnist_offline --seeds 1
-  # 2. The MLP baselines (article Figures 1-3), cheap.
+  # 2. MNIST seeds 1 and 2: 5,000 training images make its grid a twelfth of Fashion-MNIST's
+  #    time, so one dataset has its intervals within hours.
+  experiment depth_sweep mnist data=mnist_offline
+  # 3. The MLP baselines (article Figures 1-3), cheap.
   experiment mlp_baseline fashion_mnist data=fashion_mnist
   experiment mlp_baseline mnist data=mnist_offline
-  # 3. The cross-backend cell: ViT and ViTBNFFN, depth 6, lr 0.005, seed 0 on JAX and PyTorch
+  # 4. The cross-backend cell: ViT and ViTBNFFN, depth 6, lr 0.005, seed 0 on JAX and PyTorch
   #    (TensorFlow's is in the sweep); runs live beside the sweep's, keyed by backend.
   for backend in jax torch; do
     "$PY" -m keras_vitbn.experiments --backend "$backend" \
@@ -38,11 +41,9 @@ if [ "$REPORT_ONLY" != "--report" ]; then
       --out "results/cross_backend/fashion_mnist/$backend" \
       --cache-dir results/depth_sweep/fashion_mnist/runs
   done
-  # 4. Seeds 1 and 2: the intervals. MNIST first: 5,000 training images make its grid
-  #    a twelfth of Fashion-MNIST's time, so one dataset gets its intervals soonest.
-  experiment depth_sweep mnist data=mnist_offline
+  # 5. Fashion-MNIST seeds 1 and 2: its intervals (about 10 CPU hours).
   experiment depth_sweep fashion_mnist data=fashion_mnist
-  # 5. Learning rate per depth (keras-tuner grid): 20,000 training and 5,000 validation images.
+  # 6. Learning rate per depth (keras-tuner grid): 20,000 training and 5,000 validation images.
   "$PY" tuning/lr_per_depth.py --preset fashion_mnist --data-dir "$DATA/fashion-mnist" \
     --models vit vit_bnffn --depths 1 2 3 4 5 6 7 8 --tuner grid \
     --lr-grid 0.0001 0.0003 0.001 0.003 0.01 --epochs 5 \
