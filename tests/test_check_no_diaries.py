@@ -4,7 +4,8 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.testing import ROOT
+
 SCRIPT = os.path.join(ROOT, "scripts", "check_no_diaries.py")
 
 

@@ -16,8 +16,7 @@ import keras
 import pytest
 
 from keras_vitbn.utils import cli_errors
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.testing import ROOT
 
 one_backend = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="subprocesses; the commands do not depend on the backend"

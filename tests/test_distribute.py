@@ -23,9 +23,9 @@ import pytest
 
 import keras_vitbn
 from keras_vitbn.runtime import distribute
+from tests.testing import ROOT
 
 BACKEND = keras.backend.backend()
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRIVER = os.path.join(ROOT, "tests", "_dist_run.py")
 TIMEOUT_S = 300  # per subprocess group; a run takes 20-60 s on 2 busy cores
 LOSS_ATOL = 1e-5  # float32 reduction order differs between 1 and 2 devices

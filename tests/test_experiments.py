@@ -18,8 +18,7 @@ from keras_vitbn.experiments import ExperimentConfig, config_hash, load_records,
 from keras_vitbn.experiments.cli import apply_overrides, build_parser, load_config
 from keras_vitbn.experiments.runner import LOCK_FILE, read_history
 from keras_vitbn.utils.files import read_json
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.testing import ROOT
 
 
 @dataclasses.dataclass

@@ -12,8 +12,7 @@ import pytest
 
 from keras_vitbn.utils import files
 from keras_vitbn.utils.files import MARKER, RunFolderError, read_json, run_folder
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.testing import ROOT
 
 
 def _no_temp_files(folder):

@@ -9,7 +9,7 @@ import sys
 import keras
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.testing import ROOT
 
 
 @pytest.mark.skipif(

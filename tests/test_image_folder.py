@@ -12,8 +12,8 @@ from PIL import Image
 from keras_vitbn.data import image_folder
 from keras_vitbn.training.config import TrainConfig
 from keras_vitbn.training.train import load_data, run_splits
+from tests.testing import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ("n01440764", "n02102040", "n02979186")  # Imagenette's first three folder names
 COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255))
 

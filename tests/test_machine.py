@@ -7,8 +7,7 @@ import shutil
 import pytest
 
 from keras_vitbn.utils import machine
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.testing import ROOT
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")

@@ -14,8 +14,7 @@ from PIL import Image
 
 import keras_vitbn
 from keras_vitbn.tools.predict import CLASS_NAMES, InputError, load_image, main
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.testing import ROOT
 
 
 @pytest.fixture(scope="module")

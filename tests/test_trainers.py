@@ -10,30 +10,9 @@ import tensorflow_datasets as tfds
 
 from keras_vitbn.training.cli import main
 from keras_vitbn.training.presets import PRESETS
+from tests.testing import ROOT, tiny_trainer_args
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    "--depth",
-    "1",
-    "--dim",
-    "16",
-    "--heads",
-    "2",
-    "--dim-head",
-    "8",
-    "--mlp-dim",
-    "16",
-    "--train-subset",
-    "200",
-    "--test-subset",
-    "100",
-    "--batch-size",
-    "50",
-    "--epochs",
-    "1",
-    "--verbose",
-    "2",
-]
+TINY = tiny_trainer_args(verbose=2)
 
 
 def run_trainer(script, *args):
@@ -68,7 +47,7 @@ def test_fashion_mnist_trainer(shared_data, tmp_path):
 
 def test_mnist_trainer_falls_back_loudly(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    proc = run_trainer("mnist.py", "--output-dir", str(out), "--model", "dnn_bn", *TINY[10:])
+    proc = run_trainer("mnist.py", "--output-dir", str(out), "--model", "dnn_bn", *tiny_trainer_args(model=False))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "MNIST FALLBACK" in proc.stdout
     # The closing lines: rounded percentages, and what they mean on the offline subset.

@@ -13,29 +13,9 @@ import sys
 import keras
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    "--depth",
-    "1",
-    "--dim",
-    "16",
-    "--heads",
-    "2",
-    "--dim-head",
-    "8",
-    "--mlp-dim",
-    "16",
-    "--train-subset",
-    "200",
-    "--test-subset",
-    "100",
-    "--batch-size",
-    "50",
-    "--epochs",
-    "1",
-    "--verbose",
-    "0",
-]
+from tests.testing import ROOT, tiny_trainer_args
+
+TINY = tiny_trainer_args(verbose=0)
 
 
 def test_trainer_distribute(shared_data, tmp_path):

@@ -29,8 +29,8 @@ from keras_vitbn.tuning import SearchConfig, search
 from keras_vitbn.tuning import report as report_lib
 from keras_vitbn.tuning.cli import config_from_cli, main
 from keras_vitbn.tuning.search import TOKEN_ENV, make_oracle, make_tuner, oracle_channel, serve_oracle
+from tests.testing import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tuning", "lr_per_depth.py")
 TINY_MODEL = {"dim": 16, "heads": 2, "dim_head": 8, "mlp_dim": 16}
 TINY_FLAGS = [

@@ -7,7 +7,8 @@ import sys
 import keras
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.testing import ROOT
+
 HIDE_TENSORFLOW = os.path.join(ROOT, "tests", "no_tensorflow")  # its sitecustomize hides tensorflow*
 
 CODE = r"""

@@ -9,6 +9,17 @@ import numpy as np
 
 from keras_vitbn.runtime import BACKENDS  # noqa: F401  (re-exported for the tests)
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The trainers' command line for a model and a run small enough for a test.
+TINY_VIT_ARGS = ["--depth", "1", "--dim", "16", "--heads", "2", "--dim-head", "8", "--mlp-dim", "16"]
+TINY_RUN_ARGS = ["--train-subset", "200", "--test-subset", "100", "--batch-size", "50", "--epochs", "1"]
+
+
+def tiny_trainer_args(verbose=2, model=True):
+    """TINY_VIT_ARGS (unless `model` is False) and TINY_RUN_ARGS, at Keras verbosity `verbose`."""
+    return [*(TINY_VIT_ARGS if model else []), *TINY_RUN_ARGS, "--verbose", str(verbose)]
+
 
 def random_images(batch=4, size=28, channels=1, seed=0):
     return np.random.default_rng(seed).random((batch, size, size, channels), dtype=np.float32)
