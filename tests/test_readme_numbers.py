@@ -1,8 +1,10 @@
-"""Every accuracy in the README's "What we found" table comes from a committed run folder.
+"""Every number in the README's "What we found" tables comes from the committed results.
 
-The table is written by hand from the sweep's results; this test reads the run folders the
-report reads (config.json, status.json, history.csv) and fails on any number that does
-not match, so the first screen of the repository cannot drift from its evidence.
+The tables are written by hand from the sweeps; this test recomputes each cell with the
+report's own statistics (`Analysis`: final augmented test accuracy, mean over the finished
+seeds; ViTBNFFN - ViT with its Welch 95% CI) from the committed records, checks those
+records against their run folders, and fails on any number that does not match, so the
+first screen of the repository cannot drift from its evidence.
 """
 
 import csv
@@ -10,49 +12,74 @@ import json
 import re
 from pathlib import Path
 
+from keras_vitbn.experiments import load_records
+from keras_vitbn.experiments.cli import load_config
+from keras_vitbn.experiments.report import Analysis
+
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = ROOT / "results" / "depth_sweep" / "fashion_mnist" / "runs"
+CONFIG_ARG = {"fashion_mnist": "data=fashion_mnist", "mnist": "data=mnist_offline"}  # as in evidence.sh
 MODELS = {"ViT": "vit", "ViTBNFFN": "vit_bnffn"}
+REPORT_LINK = re.compile(r"results/depth_sweep/(\w+)/report\.md")
 
 
-def _found_table():
-    """Rows of the first table under '## What we found': {(model, lr): {depth: cell}}."""
+def _found_tables():
+    """[(dataset, header, rows)] of the tables under '## What we found'.
+
+    A table's dataset is the one whose report the nearest line above it links to.
+    """
     section = (ROOT / "README.md").read_text().split("## What we found", 1)[1].split("\n## ", 1)[0]
-    lines = [line for line in section.splitlines() if line.startswith("|")]
-    depths = [int(c) for c in lines[0].strip("|").split("|")[1:]]
-    rows = {}
-    for line in lines[2:]:
-        label, *cells = [c.strip() for c in line.strip("|").split("|")]
-        name, lr = re.fullmatch(r"(\w+), lr ([\d.]+)", label).groups()
-        rows[(MODELS[name], float(lr))] = dict(zip(depths, cells))
-    return rows
-
-
-def _final_aug_accuracy():
-    """{(model, lr, depth): final augmented test accuracy in %} of the finished seed-0 runs."""
-    finals = {}
-    for run in RUNS.iterdir():
-        status = json.loads((run / "status.json").read_text())["status"]
-        config = json.loads((run / "config.json").read_text())["config"]
-        if status != "completed" or config["seed"] != 0:
+    tables, dataset, block = [], None, []
+    for line in [*section.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append([c.strip() for c in line.strip().strip("|").split("|")])
             continue
+        if block:
+            assert dataset, "a table in 'What we found' without a link to its report above it"
+            tables.append((dataset, block[0], block[2:]))
+            block = []
+        links = REPORT_LINK.findall(line)
+        if links:
+            dataset = links[-1]
+    return tables
+
+
+def _analysis(dataset):
+    cfg, _ = load_config(str(ROOT / "experiments" / f"depth_sweep.py:{CONFIG_ARG[dataset]}"))
+    records = load_records(ROOT / "results" / "depth_sweep" / dataset / "results.json")
+    for record in records:
+        if record.status not in ("completed", "diverged"):
+            continue
+        run = Path(record.run_dir)
+        status = json.loads((run / "status.json").read_text())["status"]
         with open(run / "history.csv") as f:
             last = list(csv.DictReader(f))[-1]
-        assert int(last["epoch"]) == config["epochs"], run.name
-        key = (config["model"], config["learning_rate"], config["depth"])
-        finals[key] = 100 * float(last["test_aug_accuracy"])
-    return finals
+        assert status == record.status, f"{run.name}: results.json says {record.status}, the run folder {status}"
+        assert float(last["test_aug_accuracy"]) == float(record.history[-1]["test_aug_accuracy"]), run.name
+    return Analysis(cfg, records)
 
 
-def test_readme_accuracies_match_the_committed_runs():
-    finals = _final_aug_accuracy()
+def _expected(analysis, column, depth):
+    """The cell the README should show in `column` ("ViT, lr 0.003" or "ViTBNFFN - ViT, lr 0.003")."""
+    label, lr = re.fullmatch(r"(.+), lr ([\d.]+)", column).groups()
+    if label == "ViTBNFFN - ViT":
+        c = analysis.compare(depth, float(lr))
+        if not c.testable:
+            return "n/a"
+        return f"{100 * c.diff:+.1f} pp [{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}]"
+    finals = analysis.finals(MODELS[label], depth, float(lr))
+    return f"{100 * sum(finals) / len(finals):.1f}%" if finals else "—"
+
+
+def test_readme_numbers_match_the_committed_runs():
+    tables = _found_tables()
+    assert tables, "the README lost its 'What we found' table"
     checked = 0
-    for (model, lr), cells in _found_table().items():
-        for depth, cell in cells.items():
-            if cell == "—":
-                continue
-            assert cell.endswith("%"), f"{model} lr {lr} depth {depth}: {cell!r}"
-            assert (model, lr, depth) in finals, f"README shows {cell} for {model} d{depth} lr {lr}: no finished run"
-            assert f"{finals[(model, lr, depth)]:.1f}%" == cell, (model, lr, depth, finals[(model, lr, depth)])
-            checked += 1
-    assert checked >= 8, "the README table lost its numbers"
+    for dataset, header, rows in tables:
+        analysis = _analysis(dataset)
+        assert header[0] == "depth", header
+        for row in rows:
+            depth = int(row[0])
+            for column, cell in zip(header[1:], row[1:]):
+                assert cell == _expected(analysis, column, depth), f"{dataset} depth {depth} {column}: README {cell}"
+                checked += cell not in ("—", "n/a")
+    assert checked >= 8, "the README tables lost their numbers"
