@@ -10,8 +10,9 @@ import pytest
 
 from keras_vitbn.data import load_idx_split, read_idx
 from keras_vitbn.data.idx import find_split_files
+from tests.testing import ROOT
 
-IDX_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "keras_vitbn", "data", "idx.py")
+IDX_PY = os.path.join(ROOT, "keras_vitbn", "data", "idx.py")
 TYPE_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B, np.dtype(">f4"): 0x0D}
 
 

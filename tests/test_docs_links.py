@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.testing import ROOT as _ROOT
+
+ROOT = Path(_ROOT)
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 

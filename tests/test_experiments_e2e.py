@@ -18,9 +18,10 @@ pytest.importorskip("mlxtend")
 
 from keras_vitbn.experiments.cli import main  # noqa: E402
 from keras_vitbn.utils.files import read_json  # noqa: E402
+from tests.testing import ROOT  # noqa: E402
 
 TINY = {"dim": 16, "heads": 2, "dim_head": 8, "mlp_dim": 32}
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "depth_sweep.py")
+CONFIG = os.path.join(ROOT, "experiments", "depth_sweep.py")
 
 
 def _argv(tmp_path, seeds="1"):

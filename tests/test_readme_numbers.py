@@ -15,8 +15,10 @@ from pathlib import Path
 from keras_vitbn.experiments import load_records
 from keras_vitbn.experiments.cli import load_config
 from keras_vitbn.experiments.report import Analysis
+from keras_vitbn.experiments.runner import DONE
+from tests.testing import ROOT as _ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(_ROOT)
 CONFIG_ARG = {"fashion_mnist": "data=fashion_mnist", "mnist": "data=mnist_offline"}  # as in evidence.sh
 MODELS = {"ViT": "vit", "ViTBNFFN": "vit_bnffn"}
 REPORT_LINK = re.compile(r"results/depth_sweep/(\w+)/report\.md")
@@ -47,7 +49,7 @@ def _analysis(dataset):
     cfg, _ = load_config(str(ROOT / "experiments" / f"depth_sweep.py:{CONFIG_ARG[dataset]}"))
     records = load_records(ROOT / "results" / "depth_sweep" / dataset / "results.json")
     for record in records:
-        if record.status not in ("completed", "diverged"):
+        if record.status not in DONE:
             continue
         run = Path(record.run_dir)
         status = json.loads((run / "status.json").read_text())["status"]

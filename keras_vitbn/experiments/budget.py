@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from keras_vitbn.experiments.runner import DONE
 from keras_vitbn.utils.files import read_json
 
 RUNNER_FILE = "runner.json"
@@ -18,7 +19,7 @@ RUNNER_FILE = "runner.json"
 
 def run_seconds(record):
     """(seconds, machine dict) of a finished run from its runner.json, else (None, {})."""
-    if record.status not in ("completed", "diverged") or not record.run_dir:
+    if record.status not in DONE or not record.run_dir:
         return None, {}
     meta = read_json(os.path.join(record.run_dir, RUNNER_FILE)) or {}
     seconds = meta.get("seconds")
@@ -61,7 +62,7 @@ def estimate(records):
     measured = sum(sum(v) for v in per_cell.values())
     remaining = 0.0
     for r in records:
-        if r.status in ("completed", "diverged"):
+        if r.status in DONE:
             continue
         fit = fits.get(r.model)
         if fit is None:

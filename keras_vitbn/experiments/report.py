@@ -26,6 +26,7 @@ from matplotlib.ticker import MaxNLocator
 from scipy import stats as _st
 
 from keras_vitbn.experiments import article, budget, stats
+from keras_vitbn.experiments.runner import DONE
 from keras_vitbn.utils.files import save_figure, write_text
 
 DISPLAY = {
@@ -80,7 +81,7 @@ def curve(record, metric, epochs, chance, policy):
     unfinished runs: all nan.
     """
     vals = np.full(epochs, np.nan)
-    if record.status not in ("completed", "diverged"):
+    if record.status not in DONE:
         return vals
     hist = [_float(h.get(metric)) for h in (record.history or [])[:epochs]]
     vals[: len(hist)] = hist
@@ -164,7 +165,7 @@ class Analysis:
         return {
             "runs": len(runs),
             "diverged": sum(r.status == "diverged" for r in runs),
-            "missing": sum(r.status not in ("completed", "diverged") for r in runs),
+            "missing": sum(r.status not in DONE for r in runs),
         }
 
     def compare(self, depth, lr, metric=None, kind="final"):
@@ -212,7 +213,7 @@ class Analysis:
         times, ips = [], []
         for lr in self.lrs:
             for r in self.runs(model, depth, lr):
-                if r.status not in ("completed", "diverged"):
+                if r.status not in DONE:
                     continue
                 hist = r.history or []
                 if len(hist) > 1:
@@ -233,10 +234,7 @@ class Analysis:
     def has_runs(self, lr):
         """Whether any finished run trained at this learning rate (a figure needs one)."""
         return any(
-            r.status in ("completed", "diverged") and r.history
-            for m in self.cfg.models
-            for d in self.depths
-            for r in self.runs(m, d, lr)
+            r.status in DONE and r.history for m in self.cfg.models for d in self.depths for r in self.runs(m, d, lr)
         )
 
 
