@@ -11,10 +11,8 @@ import os
 
 import numpy as np
 
-from keras_vitbn.experiments.runner import DONE
+from keras_vitbn.experiments.runner import DONE, RUNNER_FILE
 from keras_vitbn.utils.files import read_json
-
-RUNNER_FILE = "runner.json"
 
 
 def run_seconds(record):
