@@ -56,11 +56,11 @@ def test_article_rows_compare_drops_and_critical_depth():
     a = Analysis(sweep_config(depths=(3, 4, 5, 6)), recs)
     rows = {r["anchor"]: r for r in article.article_rows(a)}
     vit, bn = rows["depth 3, ViT, lr 0.003 -> 0.005"], rows["depth 3, ViTBNFFN, lr 0.003 -> 0.005"]
-    assert vit["verdict"] == "matches" and "drop +13.0 pp" in vit["ours"]
+    assert vit["verdict"] == "consistent" and "drop +13.0 pp" in vit["ours"]
     assert bn["verdict"] == "differs" and "drop +3.0 pp" in bn["ours"]
     # At lr 0.003 ViTBNFFN is ahead only at depth 6 (the article's critical depth).
     crit = rows["critical depth at lr 0.003"]
-    assert crit["article"] == "6" and crit["bootstrap"]["point"] == 6 and crit["verdict"] == "matches"
+    assert crit["article"] == "6" and crit["bootstrap"]["point"] == 6 and crit["verdict"] == "consistent"
     # MLP grids get no ViT anchors.
     mlp = Analysis(
         ExperimentConfig(name="m", models=("dnn", "dnn_bn"), depths=(3,), learning_rates=(0.01, 0.1), epochs=3), []

@@ -6,7 +6,8 @@ lr 0.005; at depth 3, raising the learning rate from 0.003 to 0.005 takes ViT fr
 about 91% to 78% and ViTBNFFN from about 92% to 90% (Figure 10).
 
 `article_rows(a)` gives one row per anchor: what the article says, what these runs
-say, and whether they agree ("matches", "differs" or "inconclusive"). On another
+say, and whether they agree: "consistent" (the article's value lies inside these runs'
+95% interval, however wide), "differs" (outside it) or "inconclusive". On another
 dataset (Fashion-MNIST) absolute accuracies are not comparable; the drops and the
 critical depths are.
 """
@@ -61,7 +62,7 @@ def _critical_row(a, lr):
     if article is None or boot["min_seeds"] < 2:
         verdict = "inconclusive"
     elif boot["low"] is not None and boot["low"] <= article <= boot["high"]:
-        verdict = "matches"
+        verdict = "consistent"
     else:
         verdict = "differs"
     return dict(
@@ -83,7 +84,7 @@ def _depth3_row(a, model):
     if not drop.testable:
         verdict = "inconclusive"
     elif drop.ci_low <= article_drop / 100 <= drop.ci_high:
-        verdict = "matches"
+        verdict = "consistent"
     else:
         verdict = "differs"
     ci = f", 95% CI {100 * drop.ci_low:+.1f} to {100 * drop.ci_high:+.1f}" if drop.testable else ""

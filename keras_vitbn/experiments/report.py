@@ -767,7 +767,9 @@ def _claims_section(a, out):
             "### Beside the article's own numbers",
             "",
             "The article's figures are for MNIST; on another dataset compare the drops and "
-            "depths, not the accuracy levels.",
+            "depths, not the accuracy levels. Agreement is *consistent* when the article's value "
+            "lies inside these runs' 95% interval (a wide interval is consistent with much), "
+            "*differs* when it lies outside.",
             "",
         ]
         md += _table(
