@@ -5,8 +5,8 @@
 
 Reads the run folders of that cell (one per backend, told apart by their runner.json),
 the baseline's (ViT's) runs of the same cell where they exist, and every seed of the cell
-on any backend for the seed-to-seed spread. Trains nothing. Writes report.md, curves.png
-and summary.json into --out.
+for the seed-to-seed spread, taken on one backend so that it does not mix in the backend's.
+Trains nothing. Writes report.md, curves.png and summary.json into --out.
 
 The conclusion is "the treatment is ahead of (or behind) the baseline in this cell"; it does
 not depend on the backend when every backend that trained both models gives the same sign.
@@ -77,14 +77,29 @@ def plot(cell, baseline, path, title, names):
     save_figure(fig, path, dpi=110)
 
 
-def summarize(cell, baseline, seeds):
-    """Final accuracies per backend, the backend spread, the seed spread and the verdict."""
+def seed_spread(runs, metric):
+    """S.d. of the final accuracy over seeds on the backend with the most seeds of the cell."""
+    by_backend = {}
+    for backend, seed, hist in runs:
+        by_backend.setdefault(backend, {})[seed] = final(hist, metric)
+    if not by_backend:
+        return dict(backend=None, seeds=0, sd=float("nan"))
+    backend = max(sorted(by_backend), key=lambda b: len(by_backend[b]))
+    finals = list(by_backend[backend].values())
+    sd = float(np.std(finals, ddof=1)) if len(finals) > 1 else float("nan")
+    return dict(backend=backend, seeds=len(finals), sd=sd)
+
+
+def summarize(cell, baseline, seeds, baseline_seeds=()):
+    """Final accuracies per backend, the backend spreads, the seed spreads and the verdict."""
     metric = METRICS[0]
     per_backend = {b: final(h, metric) for b, _, h in cell}
     base = {b: final(h, metric) for b, _, h in baseline}
     signs = {b: float(np.sign(per_backend[b] - base[b])) for b in per_backend if b in base}
-    seed_finals = [final(h, metric) for _, _, h in seeds]
-    values = list(per_backend.values())
+
+    def ptp(values):
+        return float(np.ptp(list(values))) if len(values) > 1 else float("nan")
+
     if len(per_backend) < 3 or len(signs) < 2:
         verdict = "incomplete"
     elif len(set(signs.values())) == 1:
@@ -96,9 +111,10 @@ def summarize(cell, baseline, seeds):
         final=per_backend,
         baseline_final=base,
         sign=signs,
-        backend_spread=float(np.ptp(values)) if len(values) > 1 else float("nan"),
-        seed_sd=float(np.std(seed_finals, ddof=1)) if len(seed_finals) > 1 else float("nan"),
-        seeds=len(seed_finals),
+        backend_spread=ptp(per_backend.values()),
+        baseline_backend_spread=ptp(base.values()),
+        seed_spread=seed_spread(seeds, metric),
+        baseline_seed_spread=seed_spread(baseline_seeds, metric),
         verdict=verdict,
     )
 
@@ -113,8 +129,15 @@ def report_lines(args, s):
         + " |"
         for b in sorted(set(s["final"]) | set(s["baseline_final"]))
     ]
-    sd = "n/a" if not np.isfinite(s["seed_sd"]) else f"{100 * s['seed_sd']:.2f} pp"
-    spread = f"{100 * s['backend_spread']:.2f} pp" if np.isfinite(s["backend_spread"]) else "n/a (under two backends)"
+
+    def spread(value):
+        return f"{100 * value:.2f} pp" if np.isfinite(value) else "n/a (under two backends)"
+
+    def sd(x):
+        if not np.isfinite(x["sd"]):
+            return "n/a (under two seeds on any one backend)"
+        return f"{100 * x['sd']:.2f} pp ({x['backend']}, {x['seeds']} seeds)"
+
     return [
         f"# Cross-backend check: {args.model}, depth {args.depth}, lr {args.lr:g}, seed {args.seed}",
         "",
@@ -125,8 +148,10 @@ def report_lines(args, s):
         "|---|---|---|---|",
         *rows,
         "",
-        f"- Spread between backends: {spread}; seed-to-seed s.d. of "
-        f"this cell over {s['seeds']} runs (any backend, any seed): {sd}.",
+        f"- Spread between backends (highest - lowest final accuracy): {args.model} "
+        f"{spread(s['backend_spread'])}, {args.baseline} {spread(s['baseline_backend_spread'])}.",
+        f"- Seed-to-seed s.d. of this cell on one backend, the yardstick for those spreads: "
+        f"{args.model} {sd(s['seed_spread'])}, {args.baseline} {sd(s['baseline_seed_spread'])}.",
         f"- Verdict: {VERDICT[s['verdict']].format(model=args.model, baseline=args.baseline)}",
         "",
         "![curves](curves.png)"
@@ -152,7 +177,8 @@ def main(argv=None):
     cell = find_runs(args.runs, args.model, args.depth, args.lr, args.seed)
     baseline = find_runs(args.runs, args.baseline, args.depth, args.lr, args.seed)
     seeds = find_runs(args.runs, args.model, args.depth, args.lr)
-    s = summarize(cell, baseline, seeds)
+    baseline_seeds = find_runs(args.runs, args.baseline, args.depth, args.lr)
+    s = summarize(cell, baseline, seeds, baseline_seeds)
     os.makedirs(args.out, exist_ok=True)
     if cell or baseline:
         title = f"{args.model} vs {args.baseline}, depth {args.depth}, lr {args.lr:g}, seed {args.seed}"
