@@ -4,7 +4,8 @@ The tables are written by hand from the sweeps; this test recomputes each cell w
 report's own statistics (`Analysis`: final augmented test accuracy, mean over the finished
 seeds; ViTBNFFN - ViT with its Welch 95% CI) from the committed records, checks those
 records against their run folders, and fails on any number that does not match, so the
-first screen of the repository cannot drift from its evidence.
+first screen of the repository cannot drift from its evidence. The sentences around the
+tables quote the reports: their signed differences are checked against the reports they link.
 """
 
 import csv
@@ -85,3 +86,33 @@ def test_readme_numbers_match_the_committed_runs():
                 assert cell == _expected(analysis, column, depth), f"{dataset} depth {depth} {column}: README {cell}"
                 checked += cell not in ("—", "n/a")
     assert checked >= 8, "the README tables lost their numbers"
+
+
+SIGNED_PP = re.compile(r"([+-]\d+(?:\.\d+)?) pp(?: \[([+-]\d+\.\d+), ([+-]\d+\.\d+)\])?")
+REPORT_NUMBER = re.compile(r"[+-]\d+\.\d+")
+REPORT_INTERVAL = re.compile(r"([+-]\d+\.\d+) pp[^\[\n]{0,12}\[([+-]\d+\.\d+), ([+-]\d+\.\d+)\]")
+
+
+def _rounds_to(readme, report):
+    """The README gives one decimal where the reports give two."""
+    return all(abs(float(a) - float(b)) <= 0.051 for a, b in zip(readme, report))
+
+
+def test_readme_sentences_quote_their_reports():
+    # The prose beside the tables: every signed difference ("+2.7 pp", "+2.7 pp [-0.4, +5.9]")
+    # must be in a report its paragraph links to, interval and all.
+    section = (ROOT / "README.md").read_text().split("## What we found", 1)[1].split("\n## ", 1)[0]
+    checked = 0
+    for paragraph in section.split("\n\n"):
+        if paragraph.lstrip().startswith("|"):
+            continue  # tables: test_readme_numbers_match_the_committed_runs
+        links = re.findall(r"\((results/[\w/]+/report\.md)\)", paragraph)
+        reports = [(ROOT / link).read_text() for link in links]
+        for m in SIGNED_PP.finditer(paragraph):
+            if m.group(2):
+                found = any(_rounds_to(m.groups(), c) for r in reports for c in REPORT_INTERVAL.findall(r))
+            else:
+                found = any(_rounds_to([m.group(1)], [x]) for r in reports for x in REPORT_NUMBER.findall(r))
+            assert found, f"README's '{m.group(0)}' is in none of the reports its paragraph links to: {links}"
+            checked += 1
+    assert checked >= 6, "the README's findings lost their numbers"
