@@ -25,12 +25,16 @@ MODELS = {"ViT": "vit", "ViTBNFFN": "vit_bnffn"}
 REPORT_LINK = re.compile(r"results/depth_sweep/(\w+)/report\.md")
 
 
+def _found_section():
+    return (ROOT / "README.md").read_text().split("## What we found", 1)[1].split("\n## ", 1)[0]
+
+
 def _found_tables():
     """[(dataset, header, rows)] of the tables under '## What we found'.
 
     A table's dataset is the one whose report the nearest line above it links to.
     """
-    section = (ROOT / "README.md").read_text().split("## What we found", 1)[1].split("\n## ", 1)[0]
+    section = _found_section()
     tables, dataset, block = [], None, []
     for line in [*section.splitlines(), ""]:
         if line.startswith("|"):
@@ -101,7 +105,7 @@ def _rounds_to(readme, report):
 def test_readme_sentences_quote_their_reports():
     # The prose beside the tables: every signed difference ("+2.7 pp", "+2.7 pp [-0.4, +5.9]")
     # must be in a report its paragraph links to, interval and all.
-    section = (ROOT / "README.md").read_text().split("## What we found", 1)[1].split("\n## ", 1)[0]
+    section = _found_section()
     checked = 0
     for paragraph in section.split("\n\n"):
         if paragraph.lstrip().startswith("|"):
