@@ -14,7 +14,7 @@ import sys
 import keras
 import pytest
 
-from keras_vitbn.experiments import ExperimentConfig, config_hash, load_records, run_experiment
+from keras_vitbn.experiments import ExperimentConfig, build_report, config_hash, load_records, run_experiment
 from keras_vitbn.experiments.cli import apply_overrides, build_parser, load_config
 from keras_vitbn.experiments.runner import LOCK_FILE, read_history
 from keras_vitbn.utils.files import read_json
@@ -178,6 +178,19 @@ def test_grid_runs_once_then_everything_is_cached(tmp_path):
     assert sum("cached (completed)" in line for line in logs2) == 8
     assert [r.run_dir for r in records2] == [r.run_dir for r in records]
     assert [r.history for r in records2] == [r.history for r in records]
+
+
+def test_rewriting_the_results_of_unchanged_runs_changes_no_byte(tmp_path):
+    # A resumed sweep rewrites results.json and the report over runs that are already committed:
+    # they must come out identical, whether this process trained the runs or found them done.
+    cfg = small_config(depths=(1,))
+    written = []
+    for trainer in (FakeTrainer(), FakeTrainer()):
+        records, _ = run(cfg, tmp_path, trainer)
+        build_report(cfg, records, str(tmp_path / "exp"))
+        written.append({f: (tmp_path / "exp" / f).read_bytes() for f in ("results.json", "report.md", "summary.json")})
+    assert [r.cached for r in records] == [True] * 4
+    assert written[0] == written[1]
 
 
 def test_each_seed_is_its_own_run(tmp_path):

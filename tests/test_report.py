@@ -4,8 +4,10 @@ Every expected number is computed in the test from the synthetic inputs (with
 numpy/scipy), never copied from the code under test.
 """
 
+import dataclasses
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -402,3 +404,20 @@ def test_critical_depth_requires_every_deeper_depth():
     res = stats.critical_depth({1: c(0.05), 2: c(0.05), 3: c(0.0)})
     assert res["critical_depth"] is None and res["first_better"] == 1
     assert stats.critical_depth({1: c(-0.05)})["worse"] == [1]
+
+
+def test_run_folders_are_named_relative_to_the_report_inside_the_checkout(tmp_path, monkeypatch):
+    # Committed reports move with the repository: no absolute path of the machine that wrote them.
+    cfg = sweep_config(depths=(1,), learning_rates=(LO,), seeds=(0,))
+    recs = [
+        dataclasses.replace(r, run_dir=str(tmp_path / "sweep" / "runs" / os.path.basename(r.run_dir)))
+        for r in sweep_records()
+        if r.depth == 1 and r.learning_rate == LO and r.seed == 0
+    ]
+    out = tmp_path / "cross" / "jax"
+    monkeypatch.chdir(tmp_path)
+    build_report(cfg, recs, str(out))
+    assert "| run folders | `../../sweep/runs` |" in (out / "report.md").read_text()
+    monkeypatch.chdir(tmp_path / "cross")  # the runs lie outside the working folder: shown as they are
+    build_report(cfg, recs, str(out))
+    assert f"| run folders | `{tmp_path / 'sweep' / 'runs'}` |" in (out / "report.md").read_text()

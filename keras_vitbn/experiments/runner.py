@@ -88,7 +88,6 @@ class RunRecord:
             run_dir=self.run_dir,
             config_hash=self.config_hash,
             status=self.status,
-            cached=self.cached,
             error=self.error,
             reason=self.reason,
             history=self.history,
@@ -464,7 +463,7 @@ def load_records(path):
                 r["config_hash"],
                 r["status"],
                 r["history"],
-                r.get("cached", False),
+                True,  # read back from results: nothing is trained for it
                 r.get("error"),
                 r.get("reason"),
             )
