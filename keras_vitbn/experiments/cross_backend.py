@@ -32,8 +32,8 @@ VERDICT = {
 }
 
 
-def find_runs(runs_dir, model, depth, lr, seed=None):
-    """[(backend, seed, history)] of the finished runs of a cell; every seed when seed is None."""
+def find_runs(runs_dir, model, depth, lr):
+    """[(backend, seed, history)] of the finished runs of a cell, every seed and backend."""
     prefix = f"{model}-d{depth}-lr{lr:g}-s"
     out = []
     for name in sorted(os.listdir(runs_dir)):
@@ -42,7 +42,7 @@ def find_runs(runs_dir, model, depth, lr, seed=None):
         run_dir = os.path.join(runs_dir, name)
         meta = read_json(os.path.join(run_dir, RUNNER_FILE)) or {}
         spec = meta.get("spec") or {}
-        if run_status(run_dir)[0] not in DONE or (seed is not None and spec.get("seed") != seed):
+        if run_status(run_dir)[0] not in DONE:
             continue
         out.append((meta.get("backend", "?"), spec.get("seed"), read_history(run_dir)))
     return out
@@ -174,10 +174,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not os.path.isdir(args.runs):
         raise FileNotFoundError(f"no run folders at {args.runs}; train the cell first (bash experiments/evidence.sh)")
-    cell = find_runs(args.runs, args.model, args.depth, args.lr, args.seed)
-    baseline = find_runs(args.runs, args.baseline, args.depth, args.lr, args.seed)
     seeds = find_runs(args.runs, args.model, args.depth, args.lr)
     baseline_seeds = find_runs(args.runs, args.baseline, args.depth, args.lr)
+    cell = [r for r in seeds if r[1] == args.seed]
+    baseline = [r for r in baseline_seeds if r[1] == args.seed]
     s = summarize(cell, baseline, seeds, baseline_seeds)
     os.makedirs(args.out, exist_ok=True)
     if cell or baseline:
