@@ -23,6 +23,8 @@ import keras
 
 from keras_vitbn.data import locations
 from keras_vitbn.experiments.runner import RUNNER_FILE, read_history
+from keras_vitbn.training.config import TrainConfig
+from keras_vitbn.training.train import train
 from keras_vitbn.utils.cli_errors import ArgumentParser, command
 from keras_vitbn.utils.files import read_json, write_text
 from keras_vitbn.utils.machine import cpu_id
@@ -59,8 +61,6 @@ def _local(path, data_root, what):
 
 def recorded_run(run_dir, data_root=None):
     """(TrainConfig, backend, CPU) of a recorded run, its data folders found on this machine."""
-    from keras_vitbn.training.config import TrainConfig
-
     recorded = read_json(os.path.join(run_dir, "config.json"))
     if recorded is None:
         raise FileNotFoundError(
@@ -103,9 +103,6 @@ def main(argv=None):
         raise ValueError(f"{run_dir} has no recorded epochs to compare: rerun a finished run")
     epochs = min(args.epochs or len(recorded), len(recorded))
     out = args.out or os.path.join("runs", "rerun", os.path.basename(run_dir))
-
-    from keras_vitbn.training.config import TrainConfig
-    from keras_vitbn.training.train import train
 
     result = train(TrainConfig.from_dict({**config.to_dict(), "output_dir": out}), callbacks=[StopAfter(epochs)])
     rows = compare(recorded[:epochs], result["history"][:epochs])
