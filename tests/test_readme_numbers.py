@@ -6,6 +6,7 @@ seeds; ViTBNFFN - ViT with its Welch 95% CI) from the committed records, checks 
 records against their run folders, and fails on any number that does not match, so the
 first screen of the repository cannot drift from its evidence. The sentences around the
 tables quote the reports: their signed differences are checked against the reports they link.
+The table of results/reruns/README.md is checked against its rerun.json and rerun.csv files.
 """
 
 import csv
@@ -120,3 +121,28 @@ def test_readme_sentences_quote_their_reports():
             assert found, f"README's '{m.group(0)}' is in none of the reports its paragraph links to: {links}"
             checked += 1
     assert checked >= 6, "the README's findings lost their numbers"
+
+
+def test_reruns_table_states_its_rerun_files():
+    # results/reruns/README.md is written by hand from the rerun.json files beside it.
+    folder = ROOT / "results" / "reruns"
+    rows = [line.split("|")[1:-1] for line in (folder / "README.md").read_text().splitlines()]
+    rows = [[c.strip() for c in r] for r in rows if r and "rerun.csv" in r[0]]
+    assert sorted(re.search(r"\]\(([^/]+)/rerun\.csv\)", r[0]).group(1) for r in rows) == sorted(
+        p.name for p in folder.iterdir() if p.is_dir()
+    )
+    for link, backend, trained_on, rerun_on, epochs, difference, verdict in rows:
+        run = re.search(r"\]\(([^/]+)/rerun\.csv\)", link).group(1)
+        summary = json.loads((folder / run / "rerun.json").read_text())
+        history = list(csv.DictReader((folder / run / "rerun.csv").read_text().splitlines()))
+        dataset, name = link.split("`")[1].split("/")
+        assert summary["run"].endswith(f"/{dataset}/runs/{name}"), link
+        assert (backend, trained_on, rerun_on, int(epochs)) == (
+            summary["backend"],
+            summary["recorded_cpu"],
+            summary["rerun_cpu"],
+            summary["epochs"],
+        )
+        worst = max(abs(float(r["difference"])) for r in history if r["metric"] != "loss")
+        assert worst == summary["largest_accuracy_difference"] and difference == f"{100 * worst:.2f} pp", run
+        assert verdict == ("reproduces" if summary["reproduces"] else "does not reproduce"), run

@@ -47,6 +47,9 @@ def test_a_rerun_reproduces_the_run_and_a_changed_number_is_caught(recorded, tmp
         (e, m) for e in ("1", "2") for m in ("loss", "test_accuracy", "test_aug_accuracy")
     ]
     assert all(abs(float(r["difference"])) < 1e-6 for r in rows)
+    summary = json.loads((tmp_path / "again" / "rerun.json").read_text())
+    assert summary["run"] == str(recorded) and summary["backend"] == keras.backend.backend()
+    assert summary["reproduces"] is True and summary["epochs"] == 2 and summary["largest_accuracy_difference"] < 1e-6
 
     # The committed history says 1 pp more than the code gives: the rerun (found finished, not
     # trained again) reports it and exits 1.
@@ -58,6 +61,7 @@ def test_a_rerun_reproduces_the_run_and_a_changed_number_is_caught(recorded, tmp
     (changed / "history.jsonl").write_text("\n".join([*lines[:-1], json.dumps(last)]) + "\n")
     assert rerun.main([str(changed), "--out", str(tmp_path / "again")]) == 1
     assert "does NOT reproduce: largest accuracy difference 1.00 pp" in capsys.readouterr().out
+    assert json.loads((tmp_path / "again" / "rerun.json").read_text())["reproduces"] is False
 
 
 def test_a_rerun_compares_the_first_epochs_only_when_asked(recorded, tmp_path, capsys):
@@ -65,6 +69,10 @@ def test_a_rerun_compares_the_first_epochs_only_when_asked(recorded, tmp_path, c
     assert "over 1 epochs" in capsys.readouterr().out
     status = json.loads((tmp_path / "one" / "status.json").read_text())
     assert status["epochs_completed"] == 1  # stopped there: nothing trained that is not compared
+    # Asked again: compared from the folder, not trained on (a run short of its config's epochs
+    # would otherwise resume).
+    assert rerun.main([str(recorded), "--epochs", "1", "--out", str(tmp_path / "one")]) == 0
+    assert len((tmp_path / "one" / "history.jsonl").read_text().splitlines()) == 1
 
 
 def test_a_rerun_on_another_backend_is_refused_in_one_line(recorded, tmp_path, capsys):

@@ -6,8 +6,9 @@
 The question it answers: do the committed numbers come out of the code as it is, on this
 machine? The rerun trains into its own folder (--out, default runs/rerun/<run folder>;
 resumable like any run) with the recorded config: same seed, data, augmentation and model.
-It prints loss and accuracies side by side, writes them to rerun.csv in that folder, and
-exits with status 1 when an accuracy differs by more than --tolerance.
+It prints loss and accuracies side by side, writes them to rerun.csv (the verdict and both
+CPUs to rerun.json) in that folder, and exits with status 1 when an accuracy differs by more
+than --tolerance.
 
 The backend must be the one the run trained on: other backends draw other random numbers
 (results/cross_backend shows by how much). Data folders recorded on another machine are
@@ -22,11 +23,11 @@ import sys
 import keras
 
 from keras_vitbn.data import locations
-from keras_vitbn.experiments.runner import RUNNER_FILE, read_history
+from keras_vitbn.experiments.runner import RUNNER_FILE, read_history, run_status
 from keras_vitbn.training.config import TrainConfig
 from keras_vitbn.training.train import train
 from keras_vitbn.utils.cli_errors import ArgumentParser, command
-from keras_vitbn.utils.files import read_json, write_text
+from keras_vitbn.utils.files import read_json, write_json, write_text
 from keras_vitbn.utils.machine import cpu_id
 
 COMPARED = ("loss", "test_accuracy", "test_aug_accuracy")
@@ -74,6 +75,20 @@ def recorded_run(run_dir, data_root=None):
     return TrainConfig.from_dict(values), backend, machine.get("cpu", "an unrecorded CPU")
 
 
+def _rerun_so_far(config, epochs):
+    """The history of an earlier rerun of this run in its folder when it has `epochs` epochs (or diverged),
+    else None. `train` alone would resume a run that stopped short of its config's epochs."""
+    earlier = read_json(os.path.join(config.output_dir, "config.json"))
+    if (
+        earlier is None
+        or TrainConfig.from_dict(earlier["config"]).run_key() != config.run_key()
+        or (earlier.get("environment") or {}).get("backend") != keras.backend.backend()
+    ):
+        return None  # nothing there, or another run: `train` says so
+    history = read_history(config.output_dir)
+    return history if len(history) >= epochs or run_status(config.output_dir)[0] == "diverged" else None
+
+
 def compare(recorded, rerun):
     """Rows (epoch, metric, recorded, rerun, difference) over the epochs both have."""
     rows = []
@@ -104,21 +119,35 @@ def main(argv=None):
     epochs = min(args.epochs or len(recorded), len(recorded))
     out = args.out or os.path.join("runs", "rerun", os.path.basename(run_dir))
 
-    result = train(TrainConfig.from_dict({**config.to_dict(), "output_dir": out}), callbacks=[StopAfter(epochs)])
-    rows = compare(recorded[:epochs], result["history"][:epochs])
+    config = TrainConfig.from_dict({**config.to_dict(), "output_dir": out})
+    history = _rerun_so_far(config, epochs)
+    if history is None:
+        history = train(config, callbacks=[StopAfter(epochs)])["history"]
+    rows = compare(recorded[:epochs], history[:epochs])
     table = io.StringIO()
     csv.writer(table, lineterminator="\n").writerows([("epoch", "metric", "recorded", "rerun", "difference"), *rows])
     write_text(os.path.join(out, "rerun.csv"), table.getvalue())
-    print(f"\n{run_dir} ({trained_on}, {trained_cpu}) vs this rerun ({cpu_id()})")
+    worst = max((abs(d) for _, m, *_, d in rows if m in ACCURACIES), default=0.0)
+    summary = dict(
+        run=run_dir,
+        backend=keras.backend.backend(),
+        recorded_cpu=trained_cpu,
+        rerun_cpu=cpu_id(),
+        epochs=epochs,
+        largest_accuracy_difference=worst,
+        tolerance=args.tolerance,
+        reproduces=worst <= args.tolerance,
+    )
+    write_json(os.path.join(out, "rerun.json"), summary)
+    print(f"\n{run_dir} ({trained_on}, {trained_cpu}) vs this rerun ({summary['rerun_cpu']})")
     for epoch, metric, a, b, d in rows:
         print(f"  epoch {epoch:>3}  {metric:<18} {a:>9.4f} {b:>9.4f}  {d:+.2e}")
-    worst = max((abs(d) for _, m, *_, d in rows if m in ACCURACIES), default=0.0)
-    verdict = "reproduces" if worst <= args.tolerance else "does NOT reproduce"
     print(
-        f"{verdict}: largest accuracy difference {100 * worst:.2f} pp over {epochs} epochs "
-        f"(tolerance {100 * args.tolerance:.2f} pp); rerun.csv in {out}"
+        f"{'reproduces' if summary['reproduces'] else 'does NOT reproduce'}: largest accuracy difference "
+        f"{100 * worst:.2f} pp over {epochs} epochs (tolerance {100 * args.tolerance:.2f} pp); "
+        f"rerun.csv and rerun.json in {out}"
     )
-    return 0 if worst <= args.tolerance else 1
+    return 0 if summary["reproduces"] else 1
 
 
 if __name__ == "__main__":
