@@ -128,11 +128,9 @@ def test_reruns_table_states_its_rerun_files():
     folder = ROOT / "results" / "reruns"
     rows = [line.split("|")[1:-1] for line in (folder / "README.md").read_text().splitlines()]
     rows = [[c.strip() for c in r] for r in rows if r and "rerun.csv" in r[0]]
-    assert sorted(re.search(r"\]\(([^/]+)/rerun\.csv\)", r[0]).group(1) for r in rows) == sorted(
-        p.name for p in folder.iterdir() if p.is_dir()
-    )
-    for link, backend, trained_on, rerun_on, epochs, difference, verdict in rows:
-        run = re.search(r"\]\(([^/]+)/rerun\.csv\)", link).group(1)
+    runs = [re.search(r"\]\(([^/]+)/rerun\.csv\)", r[0]).group(1) for r in rows]
+    assert sorted(runs) == sorted(p.name for p in folder.iterdir() if p.is_dir())
+    for run, (link, backend, trained_on, rerun_on, epochs, difference, verdict) in zip(runs, rows):
         summary = json.loads((folder / run / "rerun.json").read_text())
         history = list(csv.DictReader((folder / run / "rerun.csv").read_text().splitlines()))
         dataset, name = link.split("`")[1].split("/")

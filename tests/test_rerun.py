@@ -8,26 +8,15 @@ import keras
 import pytest
 
 from keras_vitbn.experiments import rerun
-from keras_vitbn.training import TrainConfig, train
-
-TINY = {"depth": 1, "model_overrides": {"dim": 16, "heads": 2, "dim_head": 8, "mlp_dim": 16}}
+from keras_vitbn.training import train
+from tests.test_training import tiny_config
 
 
 @pytest.fixture(scope="module")
 def recorded(mnist_sample_dir, tmp_path_factory):
     """A finished 2-epoch run, as the runner leaves one in results/."""
     out = tmp_path_factory.mktemp("recorded") / "vit-d1-lr0.003-s0-0123456789ab"
-    config = TrainConfig(
-        dataset="mnist",
-        data_dir=mnist_sample_dir,
-        train_subset=200,
-        test_subset=100,
-        batch_size=50,
-        epochs=2,
-        output_dir=str(out),
-        **TINY,
-    )
-    train(config, verbose=0)
+    train(tiny_config(mnist_sample_dir, out, epochs=2), verbose=0)
     return out
 
 
@@ -65,6 +54,10 @@ def test_a_rerun_reproduces_the_run_and_a_changed_number_is_caught(recorded, tmp
 
 
 def test_a_rerun_compares_the_first_epochs_only_when_asked(recorded, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        rerun.main([str(recorded), "--epochs", "0", "--out", str(tmp_path / "one")])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "expected a positive integer, got 0" in err and "\n" not in err
     assert rerun.main([str(recorded), "--epochs", "1", "--out", str(tmp_path / "one")]) == 0
     assert "over 1 epochs" in capsys.readouterr().out
     status = json.loads((tmp_path / "one" / "status.json").read_text())

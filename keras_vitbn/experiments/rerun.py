@@ -26,7 +26,7 @@ from keras_vitbn.data import locations
 from keras_vitbn.experiments.runner import RUNNER_FILE, read_history, run_status
 from keras_vitbn.training.config import TrainConfig
 from keras_vitbn.training.train import train
-from keras_vitbn.utils.cli_errors import ArgumentParser, command
+from keras_vitbn.utils.cli_errors import ArgumentParser, command, positive_int
 from keras_vitbn.utils.files import read_json, write_json, write_text
 from keras_vitbn.utils.machine import cpu_id
 
@@ -104,7 +104,7 @@ def compare(recorded, rerun):
 def main(argv=None):
     p = ArgumentParser(prog="python -m keras_vitbn.experiments.rerun", description=__doc__.split("\n")[0])
     p.add_argument("run", help="a run folder with config.json and history.jsonl")
-    p.add_argument("--epochs", type=int, help="compare the first N epochs only (default: all recorded)")
+    p.add_argument("--epochs", type=positive_int, help="compare the first N epochs only (default: all recorded)")
     p.add_argument("--out", help="folder of the rerun (default runs/rerun/<run folder>)")
     p.add_argument("--data-root", help=f"where the run's data folders are (default ${locations.DATA_ENV})")
     p.add_argument("--tolerance", type=float, default=0.005, help="largest accuracy gap accepted (0.005: 0.5 pp)")
