@@ -421,3 +421,25 @@ def test_run_folders_are_named_relative_to_the_report_inside_the_checkout(tmp_pa
     monkeypatch.chdir(tmp_path / "cross")  # the runs lie outside the working folder: shown as they are
     build_report(cfg, recs, str(out))
     assert f"| run folders | `{tmp_path / 'sweep' / 'runs'}` |" in (out / "report.md").read_text()
+
+
+def test_runs_table_names_the_cpu_each_run_trained_on(tmp_path):
+    # Runs from other CPU models need not match bit for bit, so the table says where each ran.
+    cfg = sweep_config(depths=(1,), learning_rates=(LO,), seeds=(0,))
+    recs = []
+    for r in sweep_records():
+        if r.depth == 1 and r.learning_rate == LO and r.seed == 0:
+            run_dir = tmp_path / "runs" / os.path.basename(r.run_dir)
+            run_dir.mkdir(parents=True)
+            recs.append(dataclasses.replace(r, run_dir=str(run_dir)))
+    cpu = "Example CPU (family 1, model 2)"
+    (tmp_path / "runs" / os.path.basename(recs[0].run_dir) / "runner.json").write_text(
+        json.dumps({"machine": {"cpu": cpu, "cores": 2}})
+    )
+    build_report(cfg, recs, str(tmp_path / "out"))
+    text = (tmp_path / "out" / "report.md").read_text()
+    runs = text[text.index("## Runs") :]
+    assert "| CPU | run folder |" in runs
+    rows = {line.split("`")[-2]: line for line in runs.splitlines() if line.endswith("` |")}
+    assert f"| {cpu} | `{os.path.basename(recs[0].run_dir)}` |" in rows[os.path.basename(recs[0].run_dir)]
+    assert f"| — | `{os.path.basename(recs[1].run_dir)}` |" in rows[os.path.basename(recs[1].run_dir)]

@@ -15,11 +15,20 @@ from keras_vitbn.experiments.runner import DONE, RUNNER_FILE
 from keras_vitbn.utils.files import read_json
 
 
+def _runner_meta(record):
+    return (read_json(os.path.join(record.run_dir, RUNNER_FILE)) or {}) if record.run_dir else {}
+
+
+def run_cpu(record):
+    """The CPU model a run trained on (its runner.json), else None."""
+    return (_runner_meta(record).get("machine") or {}).get("cpu")
+
+
 def run_seconds(record):
     """(seconds, machine dict) of a finished run from its runner.json, else (None, {})."""
     if record.status not in DONE or not record.run_dir:
         return None, {}
-    meta = read_json(os.path.join(record.run_dir, RUNNER_FILE)) or {}
+    meta = _runner_meta(record)
     seconds = meta.get("seconds")
     machine = dict(meta.get("machine") or {}, load_end=meta.get("load_end"))
     return (float(seconds) if seconds else None), machine

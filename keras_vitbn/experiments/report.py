@@ -928,14 +928,16 @@ def _runs_section(a):
                 r.status,
                 len(r.history or []),
                 *[("—" if not math.isfinite(v) else f"{100 * v:.2f}") for v in fin],
+                budget.run_cpu(r) or "—",
                 f"`{os.path.basename(r.run_dir)}`",
             ]
         )
     header = (
         ["model", "depth", "lr", "seed", "status", "epochs"]
         + [f"final {METRIC_LABEL.get(m, m)}" for m in a.metrics]
-        + ["run folder"]
+        + ["CPU", "run folder"]
     )
+    # The CPU matters: the same run on another CPU model need not match bit for bit (results/reruns).
     return ["## Runs", "", *_table(rows, header), ""]
 
 
