@@ -88,6 +88,19 @@ def test_budget_measures_finished_runs_and_prices_the_rest(tmp_path):
     assert budget.estimate(recs + [_record("vit_bnffn", 1, LO, 0, 0.9, status="planned")])["remaining_seconds"] is None
 
 
+def test_budget_prices_a_resumed_run_as_a_whole_run(tmp_path):
+    # Its runner.json times the last process only: 2 of 3 epochs were trained before the resume.
+    def run(name, meta):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "runner.json").write_text(json.dumps(meta))
+        return _record("vit", 1, LO, 0, 0.9, str(tmp_path / name))  # 3 epochs of 5 s
+
+    assert budget.run_seconds(run("resumed", {"seconds": 8.0, "resumed_after_epoch": 2}))[0] == pytest.approx(24.0)
+    assert budget.run_seconds(run("whole", {"seconds": 18.0, "resumed_after_epoch": 0}))[0] == pytest.approx(18.0)
+    # Resumed before runner.json said so: less time than its own epochs took, so at least their 15 s.
+    assert budget.run_seconds(run("older", {"seconds": 6.0}))[0] == pytest.approx(15.0)
+
+
 def _fake_run(runs_dir, model, backend, seed, final):
     run_dir = runs_dir / f"{model}-d6-lr0.005-s{seed}-{backend[:4]}{seed}"
     run_dir.mkdir(parents=True)

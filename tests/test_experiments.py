@@ -247,6 +247,8 @@ def test_interrupted_run_is_resumed_not_restarted(tmp_path):
     assert trainer.calls[-1].model == "vit_bnffn"
     assert any("resuming" in line for line in logs2)
     assert all(r.status == "completed" for r in records2)
+    assert read_json(os.path.join(failed.run_dir, "runner.json"))["resumed_after_epoch"] == 1
+    assert read_json(os.path.join(records2[0].run_dir, "runner.json"))["resumed_after_epoch"] == 0
     assert [h["epoch"] for h in records2[1].history] == [1, 2, 3]
 
 

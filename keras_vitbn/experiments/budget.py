@@ -1,9 +1,10 @@
 """What a grid costs: measured seconds per run, and an estimate for the runs not done yet.
 
 Each finished run's `runner.json` records its wall time, the CPU and the load average
-at its start and end. Per model, the seconds of a run are fitted as a straight line in
-depth (a ViT's step time grows about linearly with its blocks); runs not measured yet
-are priced from that line, so the estimate sharpens as the sweep covers more depths.
+at its start and end; a resumed run's time is of its last process, priced up to the
+whole run. Per model, the seconds of a run are fitted as a straight line in depth (a
+ViT's step time grows about linearly with its blocks); runs not measured yet are priced
+from that line, so the estimate sharpens as the sweep covers more depths.
 The machine may have been shared while it ran: the load column says how busy it was.
 """
 
@@ -11,7 +12,7 @@ import os
 
 import numpy as np
 
-from keras_vitbn.experiments.runner import DONE, RUNNER_FILE
+from keras_vitbn.experiments.runner import DONE, RUNNER_FILE, whole_run_seconds
 from keras_vitbn.utils.files import read_json
 
 
@@ -31,7 +32,11 @@ def run_seconds(record):
     meta = _runner_meta(record)
     seconds = meta.get("seconds")
     machine = dict(meta.get("machine") or {}, load_end=meta.get("load_end"))
-    return (float(seconds) if seconds else None), machine
+    if not seconds:
+        return None, machine
+    seconds = whole_run_seconds(float(seconds), meta.get("resumed_after_epoch") or 0, len(record.history))
+    # Runs resumed before runner.json recorded it timed less than their own epochs took: at least those.
+    return max(seconds, sum(float(h.get("epoch_time") or 0) for h in record.history)), machine
 
 
 def _fit(points):

@@ -360,6 +360,14 @@ def _experiment_dirs(out_dir, cache_dir):
     return out_dir, cache_dir
 
 
+def whole_run_seconds(seconds, resumed_after_epoch, epochs):
+    """The time of a whole run from the `seconds` of its last process, which trained only the
+    epochs after `resumed_after_epoch` (of `epochs`): the earlier ones are priced pro rata."""
+    if 0 < resumed_after_epoch < epochs:
+        return seconds * epochs / (epochs - resumed_after_epoch)
+    return seconds
+
+
 @dataclasses.dataclass
 class _GridRunner:
     """Runs the cells of one experiment one by one: what they share (`run_experiment`'s arguments, the progress)."""
@@ -393,6 +401,7 @@ class _GridRunner:
     def _train(self, tag, spec, config, h, run_dir):
         """Trains (or resumes) a run whose lock this process holds; runner.json records it before and after."""
         resuming = os.path.exists(os.path.join(run_dir, "history.jsonl"))
+        epochs_before = len(read_history(run_dir)) if resuming else 0
         self.log(
             f"{tag} {'resuming' if resuming else 'training'}: {spec.label()} "
             f"-> {os.path.basename(run_dir)} ({self.progress.line()})"
@@ -406,6 +415,7 @@ class _GridRunner:
             experiment=self.experiment,
             started=datetime.datetime.now().isoformat(timespec="seconds"),
             machine=machine_info(),
+            resumed_after_epoch=epochs_before,
         )
         write_json(os.path.join(run_dir, RUNNER_FILE), meta)
         t0 = time.time()
@@ -426,7 +436,7 @@ class _GridRunner:
         )
         write_json(os.path.join(run_dir, RUNNER_FILE), meta)
         _release_lock(run_dir)
-        self.progress.finish(time.time() - t0)
+        self.progress.finish(whole_run_seconds(time.time() - t0, epochs_before, len(history)))
         self.log(f"{tag} {status} in {format_duration(time.time() - t0)}; {self.progress.line()}")
         return RunRecord(spec, run_dir, h, status, history, False, error, reason)
 
