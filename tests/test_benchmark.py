@@ -18,6 +18,7 @@ from keras_vitbn.runtime import performance
 from keras_vitbn.tools.benchmark import format_markdown, run_benchmark, write_results
 from keras_vitbn.tools.benchmark.__main__ import build_parser
 from keras_vitbn.tools.benchmark.run import FIRST_STEP_ATOL, WARMUP_LOSS_RTOL, add_derived_figures, guard_tolerances
+from keras_vitbn.utils import machine
 from keras_vitbn.utils.files import read_json
 
 pytest.importorskip("torch")
@@ -81,6 +82,7 @@ def test_thread_environment_pins_every_pool(monkeypatch):
     monkeypatch.delenv("XLA_FLAGS", raising=False)  # the exact strings below assume no flags of the user's
     env = performance.thread_environment(2)
     assert env["OMP_NUM_THREADS"] == "2" and env["TF_NUM_INTRAOP_THREADS"] == "2"
+    assert sorted(env) == sorted(machine.THREAD_VARIABLES)  # what every run's machine record lists
     assert env["XLA_FLAGS"].split() == ["--xla_cpu_multi_thread_eigen=true"]
     assert performance.thread_environment(1)["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=false"
     # Every flag reaches XLA, before and after these: a bare `intra_op_parallelism_threads=2`

@@ -21,3 +21,13 @@ def test_code_commit_is_the_current_folders_checkout(tmp_path, monkeypatch):
 
 def test_cpu_id_names_the_processor():
     assert isinstance(machine.cpu_id(), str) and machine.cpu_id()
+
+
+def test_machine_info_records_the_thread_variables_set(monkeypatch):
+    for name in machine.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert machine.machine_info()["threads"] == {}  # the libraries' defaults: every core
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "1")
+    monkeypatch.setenv("KERAS_BACKEND", os.environ.get("KERAS_BACKEND", "jax"))  # not a thread variable
+    info = machine.machine_info()
+    assert info["threads"] == {"TF_NUM_INTRAOP_THREADS": "1"} and info["cpu"] == machine.cpu_id()

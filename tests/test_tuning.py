@@ -29,6 +29,7 @@ from keras_vitbn.tuning import SearchConfig, search
 from keras_vitbn.tuning import report as report_lib
 from keras_vitbn.tuning.cli import config_from_cli, main
 from keras_vitbn.tuning.search import TOKEN_ENV, make_oracle, make_tuner, oracle_channel, serve_oracle
+from keras_vitbn.utils.machine import cpu_id
 from tests.testing import ROOT
 
 SCRIPT = os.path.join(ROOT, "tuning", "lr_per_depth.py")
@@ -151,6 +152,7 @@ def test_search_two_models_with_a_divergent_lr(tmp_path):
         else:
             assert row["status"] == "completed"
             assert 0.0 <= float(row["val_accuracy"]) <= 1.0
+        assert row["cpu"] == cpu_id()  # each trial names the CPU it trained on, failed ones too
 
     results = read_csv(os.path.join(out, "results.csv"))
     assert [(r["model"], r["depth"]) for r in results] == [("vit", "1"), ("vit_bnffn", "1")]

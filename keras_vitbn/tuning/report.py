@@ -59,6 +59,7 @@ TRIAL_COLUMNS = (
     "accuracy",
     "loss",
     "seconds",
+    "cpu",
     "tuner_id",
     "reason",
 )
@@ -103,6 +104,7 @@ def collect_trials(config):
                     "accuracy": metrics.get("accuracy") if status == "completed" else None,
                     "loss": metrics.get("loss") if status == "completed" else None,
                     "seconds": outcome.get("seconds"),
+                    "cpu": (outcome.get("machine") or {}).get("cpu"),
                     "tuner_id": outcome.get("tuner_id"),
                     "reason": reason,
                     "_dir": os.path.dirname(path),

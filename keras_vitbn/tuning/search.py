@@ -84,6 +84,7 @@ from keras_vitbn.tuning import report as report_lib
 from keras_vitbn.tuning.config import SearchConfig
 from keras_vitbn.tuning.naming import LR, OBJECTIVE, cell_name, say
 from keras_vitbn.utils.files import append_jsonl, read_json, run_folder, write_json
+from keras_vitbn.utils.machine import machine_info
 from keras_vitbn.utils.progress import Progress, format_percent
 
 FINISHED = ("COMPLETED", "FAILED", "INVALID")  # keras-tuner trial statuses that count towards max_trials
@@ -517,6 +518,7 @@ class LearningRateTuner(kt.Tuner):
             "learning_rate": learning_rate,
             "tuner_id": self.tuner_id,
             "backend": keras.backend.backend(),
+            "machine": machine_info(),
         }
         self._event(trial_dir, "start", learning_rate=learning_rate)
         self._say_progress(trial, outcome, "training")

@@ -35,9 +35,25 @@ def load_average():
         return None
 
 
+# The variables that pin the CPU thread pools (`runtime.performance.thread_environment` sets them).
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+    "XLA_FLAGS",
+)
+
+
 def machine_info():
-    """The CPU, its cores and the load average now: recorded beside every timing."""
-    return dict(cpu=cpu_id(), cores=os.cpu_count(), load_start=load_average())
+    """The CPU, its cores, the load average now and the thread variables set (none: all cores).
+
+    Recorded beside every timing and result: the thread count changes the speed and,
+    through the order of its sums, the last bits of every number a run computes.
+    """
+    threads = {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ}
+    return dict(cpu=cpu_id(), cores=os.cpu_count(), load_start=load_average(), threads=threads)
 
 
 def code_commit():
