@@ -10,6 +10,7 @@ width 16), on whichever backend KERAS_BACKEND selects:
 """
 
 import csv
+import glob
 import json
 import os
 import signal
@@ -197,6 +198,15 @@ def test_search_two_models_with_a_divergent_lr(tmp_path):
     # The heatmap puts the completed trial under its lr and marks the divergent one.
     depths, columns, values, failed_only = report_lib.heatmap_matrix(config, summary["trials"], "vit")
     assert columns == [1e-3, 1e30] and np.isfinite(values[0, 0]) and failed_only[0, 1]
+
+    # A clone has the committed results but no weights (.gitignore): the best models' test
+    # accuracies come from their records, not from a model that is not there.
+    for path in glob.glob(os.path.join(out, "**", "*.keras"), recursive=True):
+        os.remove(path)
+    report_lib.write_report(config, *load_data(config.train)[2:4])
+    cloned = read_csv(os.path.join(out, "results.csv"))
+    assert [r["test_accuracy"] for r in cloned] == [r["test_accuracy"] for r in results]
+    assert all(r["test_accuracy"] and not r["best_model"] for r in cloned)
 
     # Rerunning a finished search trains nothing; a different search is refused.
     again = search(config, verbose=0)

@@ -121,9 +121,13 @@ def _evaluate_best(trial, best_dir, test_ds, test_aug_ds):
     source = os.path.join(trial["_dir"], "model.keras")
     target = os.path.join(best_dir, f"{name}.keras")
     record_path = os.path.join(best_dir, f"{name}.json")
-    if not os.path.exists(source):
-        return None, {"note": f"{source} is missing"}
     record = read_json(record_path)
+    if not os.path.exists(source):
+        # Weights stay on the machine that trained them (.gitignore); the test metrics recorded for
+        # this trial are results, and a clone or a later sitting keeps them.
+        if record and record.get("trial_id") == trial["trial_id"]:
+            return (target if os.path.exists(target) else None), record
+        return None, {"note": f"{source} is missing"}
     stamp = [os.path.getsize(source), os.path.getmtime(source)]
     if (
         record
@@ -143,7 +147,7 @@ def _evaluate_best(trial, best_dir, test_ds, test_aug_ds):
         "trial_id": trial["trial_id"],
         "learning_rate": trial["learning_rate"],
         "val_accuracy": trial["val_accuracy"],
-        "source": source,
+        "source": os.path.relpath(source, os.path.dirname(best_dir)),
         "source_stamp": stamp,
         "backend": keras.backend.backend(),
     }
@@ -184,12 +188,11 @@ def summarize(config, trials, test_ds=None, test_aug_ds=None, evaluate=True):
             )
             if evaluate:
                 path, record = _evaluate_best(best, best_dir, test_ds, test_aug_ds)
-                if path is not None:
-                    row.update(
-                        best_model=os.path.relpath(path, config.output_dir),
-                        test_accuracy=record.get("test_accuracy"),
-                        test_aug_accuracy=record.get("test_aug_accuracy"),
-                    )
+                row.update(
+                    best_model=path and os.path.relpath(path, config.output_dir),
+                    test_accuracy=record.get("test_accuracy"),
+                    test_aug_accuracy=record.get("test_aug_accuracy"),
+                )
         results.append(row)
     return results
 
