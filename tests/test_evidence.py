@@ -88,6 +88,17 @@ def test_budget_measures_finished_runs_and_prices_the_rest(tmp_path):
     assert budget.estimate(recs + [_record("vit_bnffn", 1, LO, 0, 0.9, status="planned")])["remaining_seconds"] is None
 
 
+def test_budget_lines_estimate_only_while_runs_remain(tmp_path):
+    (tmp_path / "runner.json").write_text(json.dumps({"seconds": 3600.0, "machine": {"cpu": "Test CPU", "cores": 2}}))
+    done = [_record(m, 1, LO, 0, 0.9, str(tmp_path)) for m in ("vit", "vit_bnffn")]
+    cfg = sweep_config(depths=(1,))
+    finished = budget.budget_lines(Analysis(cfg, done), str)[-1]
+    assert finished.startswith("The whole grid took 2.0 h of CPU time on Test CPU, 2 cores.")
+    assert "remain" not in finished and "so far" not in finished
+    running = budget.budget_lines(Analysis(cfg, done + [_record("vit", 1, HI, 0, 0.9, status="planned")]), str)[-1]
+    assert running.startswith("Measured so far: 2.0 h") and "of which 1.0 h remain" in running
+
+
 def test_budget_prices_a_resumed_run_as_a_whole_run(tmp_path):
     # Its runner.json times the last process only: 2 of 3 epochs were trained before the resume.
     def run(name, meta):

@@ -19,8 +19,10 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import keras
+import keras_tuner as kt
 import numpy as np
 import pytest
 
@@ -29,7 +31,14 @@ from keras_vitbn.training.train import load_data
 from keras_vitbn.tuning import SearchConfig, search
 from keras_vitbn.tuning import report as report_lib
 from keras_vitbn.tuning.cli import config_from_cli, main
-from keras_vitbn.tuning.search import TOKEN_ENV, make_oracle, make_tuner, oracle_channel, serve_oracle
+from keras_vitbn.tuning.search import (
+    TOKEN_ENV,
+    _sort_tried_so_far,
+    make_oracle,
+    make_tuner,
+    oracle_channel,
+    serve_oracle,
+)
 from keras_vitbn.utils.machine import cpu_id
 from tests.testing import ROOT
 
@@ -180,6 +189,9 @@ def test_search_two_models_with_a_divergent_lr(tmp_path):
     with open(os.path.join(out, "results.md")) as f:
         markdown = f.read()
     assert "| vit_bnffn | 1 | 0.001 |" in markdown and "diverged: training loss became nan" in markdown
+    # Its time is the trials' own, summed (failed ones too), not one process's: a search may span sittings.
+    hours = sum(float(row["seconds"]) for row in trials) / 3600
+    assert f"The 4 finished trials trained for {hours:.1f} h in all, on {cpu_id()}." in markdown
     for name in ("best_lr_vs_depth.png", "heatmap.png"):
         with open(os.path.join(out, name), "rb") as f:
             assert f.read(8) == PNG_MAGIC
@@ -294,7 +306,7 @@ def test_resume_after_interruptions(tmp_path):
         search(config, verbose=0, callbacks=[InterruptAtFit(2)])  # reruns trial 1, then trial 0 of depth 2
     assert sorted(trial_dirs(out, "vit_bnffn_d2")) == ["0"]
 
-    summary = search(config, verbose=0)
+    summary = search(config, verbose=2)  # verbose: keras-tuner's display records the trials' start times
     for cell, interrupted in (("vit_bnffn_d1", "1"), ("vit_bnffn_d2", "0")):
         dirs = trial_dirs(out, cell)
         assert sorted(dirs) == ["0", "1"]  # none lost, none added
@@ -310,6 +322,23 @@ def test_resume_after_interruptions(tmp_path):
     assert [r["trials"] for r in summary["results"]] == [2, 2]
     assert all(t["status"] == "completed" for t in summary["trials"])
     assert all(config.lr_min <= t["learning_rate"] <= config.lr_max for t in summary["trials"])
+
+    # Resuming a finished search rewrites each oracle.json unchanged: its display's start times are kept,
+    # and `tried_so_far` is sorted (a set's order would follow the process's hash seed).
+    oracles = {cell: os.path.join(out, "kt", cell, "oracle.json") for cell in ("vit_bnffn_d1", "vit_bnffn_d2")}
+    before = {cell: Path(path).read_text() for cell, path in oracles.items()}
+    search(config, verbose=0)
+    for cell, path in oracles.items():
+        assert Path(path).read_text() == before[cell]
+        assert len(json.loads(before[cell])["tried_so_far"]) == 2
+    assert json.loads(before["vit_bnffn_d2"])["display"]["trial_start"]  # trained at verbose 2 just before
+
+
+def test_oracle_state_lists_tried_so_far_sorted():
+    oracle = kt.oracles.GridSearchOracle(objective="val_loss")
+    oracle._tried_so_far = {f"hash{i}" for i in range(40)}
+    _sort_tried_so_far(oracle)
+    assert oracle.get_state()["tried_so_far"] == sorted(f"hash{i}" for i in range(40))
 
 
 def _run_script(args, env=None, timeout=300):

@@ -108,6 +108,15 @@ def budget_lines(a, display):
     total = None if est["remaining_seconds"] is None else est["measured_seconds"] + est["remaining_seconds"]
     machine = "; ".join(est["cpus"]) or "unknown"
     load = "" if est["load"] is None else f" Mean load average while they ran: {est['load']:.1f}."
+    if all(r.status in DONE for r in a.records):
+        total_line = f"The whole grid took {_hours(est['measured_seconds'])} of CPU time on {machine}.{load}"
+    else:
+        total_line = (
+            f"Measured so far: {_hours(est['measured_seconds'])} of CPU time on {machine}.{load} "
+            f"Estimated for the whole grid: {_hours(total)}, of which "
+            f"{_hours(est['remaining_seconds'])} remain (unmeasured depths priced from a line "
+            "fitted through the measured ones per model; a busier machine inflates both)."
+        )
     return [
         "Wall time of one run (training, and the clean and augmented test evaluation after "
         "every epoch), median over the finished runs of each cell.",
@@ -116,8 +125,5 @@ def budget_lines(a, display):
         "|---|" + "---|" * len(models),
         *rows,
         "",
-        f"Measured so far: {_hours(est['measured_seconds'])} of CPU time on {machine}.{load} "
-        f"Estimated for the whole grid: {_hours(total)}, of which "
-        f"{_hours(est['remaining_seconds'])} remain (unmeasured depths priced from a line "
-        "fitted through the measured ones per model; a busier machine inflates both).",
+        total_line,
     ]

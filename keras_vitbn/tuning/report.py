@@ -399,7 +399,17 @@ def plot_best_lr(config, results, trials, path):
     plt.close(fig)
 
 
-def write_report(config, test_ds=None, test_aug_ds=None, search_seconds=None, evaluate=True):
+def time_line(trials):
+    """The trials' summed wall time and CPUs: a search resumed over several sittings has no single wall time."""
+    timed = [t for t in trials if t["status"] in ("completed", "failed") and t.get("seconds") is not None]
+    if not timed:
+        return None
+    cpus = sorted({t["cpu"] for t in timed if t.get("cpu")}) or ["an unrecorded CPU"]
+    hours = sum(t["seconds"] for t in timed) / 3600
+    return f"The {len(timed)} finished trials trained for {hours:.1f} h in all, on {'; '.join(cpus)}.\n"
+
+
+def write_report(config, test_ds=None, test_aug_ds=None, evaluate=True):
     """Writes results.csv/.md, trials.csv, the plots and best_models/; returns {"results", "trials", "files"}."""
     trials = collect_trials(config)
     results = summarize(config, trials, test_ds, test_aug_ds, evaluate=evaluate)
@@ -425,8 +435,8 @@ def write_report(config, test_ds=None, test_aug_ds=None, search_seconds=None, ev
         "",
         markdown_table(results),
     ]
-    if search_seconds is not None:
-        text.append(f"Search wall time: {search_seconds:.0f} s.\n")
+    if time_line(trials):
+        text.append(time_line(trials))
     if failed:
         text.append("Failed trials:\n")
         text += [

@@ -324,6 +324,22 @@ class LearningRateHyperModel(kt.HyperModel):
         return last
 
 
+def _sort_tried_so_far(oracle):
+    """Saves the oracle's `tried_so_far` (a set) sorted, so a resume that adds no trial rewrites the same oracle.json.
+
+    A set's order follows the process's hash seed: unsorted, every resume
+    reordered the list in each cell's committed oracle.json.
+    """
+    get_state = oracle.get_state
+
+    def sorted_state():
+        state = get_state()
+        state["tried_so_far"] = sorted(state["tried_so_far"])
+        return state
+
+    oracle.get_state = sorted_state
+
+
 class LearningRateTuner(kt.Tuner):
     """A `kt.Tuner` that keeps each trial's model as `.keras` and its outcome as JSON.
 
@@ -345,6 +361,7 @@ class LearningRateTuner(kt.Tuner):
             self.oracle.stub = protos.get_service_grpc().OracleStub(oracle_channel())
             return
         self.ledger_path = os.path.join(self.project_dir, LEDGER)
+        _sort_tried_so_far(self.oracle)
         self._end_trial_unrecorded = self.oracle.end_trial
         if os.path.exists(self.ledger_path):
             self._replay_ledger()
@@ -372,6 +389,10 @@ class LearningRateTuner(kt.Tuner):
         """
         oracle = self.oracle
         ledger = read_ledger(self.ledger_path)
+        try:
+            saved = read_json(os.path.join(self.project_dir, "oracle.json")) or {}
+        except ValueError:  # the ledger, not oracle.json, is the record
+            saved = {}
         verbose, oracle.verbose = oracle.verbose, 0
         try:
             for number in range(max(ledger) + 1):
@@ -403,6 +424,8 @@ class LearningRateTuner(kt.Tuner):
                     oracle._retry_queue.append(trial.trial_id)
             oracle.tuner_ids.discard(REPLAY_ID)
             oracle.verbose = verbose
+        if "display" in saved:  # the replay showed nothing: keep the search's own start times and numbers
+            oracle._display.set_state(saved["display"])
         oracle.save()
         pending = len(oracle._retry_queue)
         say(
@@ -873,5 +896,5 @@ def _search_in_folder(folder, config, role, verbose, command, chief_timeout, rep
     seconds = time.perf_counter() - start
     summary = {"output_dir": output_dir, "role": role, "seconds": seconds}
     if report:
-        summary.update(report_lib.write_report(config, test_ds, test_aug_ds, search_seconds=seconds))
+        summary.update(report_lib.write_report(config, test_ds, test_aug_ds))
     return summary
