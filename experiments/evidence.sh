@@ -55,5 +55,15 @@ experiment depth_sweep fashion_mnist data=fashion_mnist --report-only
 experiment depth_sweep mnist data=mnist_offline --report-only
 experiment mlp_baseline fashion_mnist data=fashion_mnist --report-only
 experiment mlp_baseline mnist data=mnist_offline --report-only
+for backend in jax torch; do
+  "$PY" -m keras_vitbn.experiments --backend "$backend" \
+    --config experiments/depth_sweep.py:data=fashion_mnist --depths 6 --lrs 0.005 --seeds 1 \
+    --out "results/cross_backend/fashion_mnist/$backend" \
+    --cache-dir results/depth_sweep/fashion_mnist/runs --report-only
+done
+"$PY" tuning/lr_per_depth.py --preset fashion_mnist --data-dir "$DATA/fashion-mnist" \
+  --models vit vit_bnffn --depths 1 2 3 4 5 6 7 8 --tuner grid \
+  --lr-grid 0.0001 0.0003 0.001 0.003 0.01 --epochs 5 \
+  --train-subset 25000 --validation-split 0.2 --output-dir results/lr_per_depth/fashion_mnist --report-only
 "$PY" -m keras_vitbn.experiments.cross_backend --runs results/depth_sweep/fashion_mnist/runs \
   --model vit_bnffn --depth 6 --lr 0.005 --seed 0 --out results/cross_backend/fashion_mnist

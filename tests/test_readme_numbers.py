@@ -6,7 +6,8 @@ seeds; ViTBNFFN - ViT with its Welch 95% CI) from the committed records, checks 
 records against their run folders, and fails on any number that does not match, so the
 first screen of the repository cannot drift from its evidence. The sentences around the
 tables quote the reports: their signed differences are checked against the reports they link.
-The table of results/reruns/README.md is checked against its rerun.json and rerun.csv files.
+The learning-rate search's paragraph is checked against its results.csv and trials.csv, and
+the table of results/reruns/README.md against its rerun.json and rerun.csv files.
 """
 
 import csv
@@ -121,6 +122,51 @@ def test_readme_sentences_quote_their_reports():
             assert found, f"README's '{m.group(0)}' is in none of the reports its paragraph links to: {links}"
             checked += 1
     assert checked >= 6, "the README's findings lost their numbers"
+
+
+LR_SEARCH = "results/lr_per_depth/fashion_mnist"
+
+
+def test_readme_learning_rate_search_quotes_its_trials():
+    # The search's paragraph lists each model's best lr at depths 1-8 and a range of validation
+    # accuracies at one lr over a span of depths: both must be what results.csv and trials.csv say.
+    paragraph = next(p for p in _found_section().split("\n\n") if f"({LR_SEARCH}/results.md)" in p)
+    text = " ".join(paragraph.split())
+    with open(ROOT / LR_SEARCH / "results.csv") as f:
+        results = list(csv.DictReader(f))
+    with open(ROOT / LR_SEARCH / "trials.csv") as f:
+        trials = [t for t in csv.DictReader(f) if t["status"] == "completed"]
+    best = {}
+    for name, model in MODELS.items():
+        listed = re.search(rf"{name} ((?:\d\.\d+, ){{7}}\d\.\d+)", text)
+        assert listed, f"the README no longer lists {name}'s best lr per depth"
+        best[model] = [
+            float(r["best_lr"]) for r in sorted(results, key=lambda r: int(r["depth"])) if r["model"] == model
+        ]
+        assert [float(x) for x in listed.group(1).split(", ")] == best[model], name
+    if "BatchNorm never moves the best one up" in text:
+        assert all(bn <= vit for vit, bn in zip(best["vit"], best["vit_bnffn"]))
+    span = re.search(r"At lr ([\d.]+), ViTBNFFN keeps .* at depths (\d)-(\d) \(([\d.-]+)% against ([\d.-]+)%\)", text)
+    assert span, "the README lost its comparison at the highest learning rate"
+    lr, low, high = float(span.group(1)), int(span.group(2)), int(span.group(3))
+    acc = {
+        (t["model"], int(t["depth"])): 100 * float(t["val_accuracy"]) for t in trials if float(t["learning_rate"]) == lr
+    }
+    for model, quoted in (("vit_bnffn", span.group(4)), ("vit", span.group(5))):
+        vals = [acc[model, d] for d in range(low, high + 1)]
+        assert quoted == f"{min(vals):.1f}-{max(vals):.1f}", (model, quoted)
+    assert all(acc["vit_bnffn", d] > acc["vit", d] for d in range(low, high + 1))
+    margin = re.search(r"ViT's ([\d.]+) at depth (\d) beats ([\d.]+) by ([\d.]+) pp", text)
+    if margin:
+        won, depth, lost, pp = margin.groups()
+        at = {
+            float(t["learning_rate"]): 100 * float(t["val_accuracy"])
+            for t in trials
+            if t["model"] == "vit" and t["depth"] == depth
+        }
+        assert f"{at[float(won)] - at[float(lost)]:.1f}" == pp
+    behind = re.search(r"but not at depths (\d) and (\d)", text)
+    assert behind and all(acc["vit_bnffn", int(d)] < acc["vit", int(d)] for d in behind.groups())
 
 
 def test_reruns_table_states_its_rerun_files():

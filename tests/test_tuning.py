@@ -30,7 +30,7 @@ from keras_vitbn.training import TrainConfig
 from keras_vitbn.training.train import load_data
 from keras_vitbn.tuning import SearchConfig, search
 from keras_vitbn.tuning import report as report_lib
-from keras_vitbn.tuning.cli import config_from_cli, main
+from keras_vitbn.tuning.cli import config_from_cli, main, report_only
 from keras_vitbn.tuning.search import (
     TOKEN_ENV,
     _sort_tried_so_far,
@@ -211,6 +211,16 @@ def test_search_two_models_with_a_divergent_lr(tmp_path):
     depths, columns, values, failed_only = report_lib.heatmap_matrix(config, summary["trials"], "vit")
     assert columns == [1e-3, 1e30] and np.isfinite(values[0, 0]) and failed_only[0, 1]
 
+    # Without the test data a report keeps each best model's recorded test metrics, even for a
+    # model file that changed since (here: touched), instead of recording none.
+    no_data = SearchConfig.from_dict(
+        {**config.to_dict(), "train": tiny_train(source="idx", data_dir=str(tmp_path / "no-data")).to_dict()}
+    )
+    for path in glob.glob(os.path.join(out, "kt", "**", "model.keras"), recursive=True):
+        os.utime(path, (time.time() + 60, time.time() + 60))
+    report_only(no_data)  # --report-only: warns that it evaluates nothing
+    assert read_csv(os.path.join(out, "results.csv")) == results
+
     # A clone has the committed results but no weights (.gitignore): the best models' test
     # accuracies come from their records, not from a model that is not there.
     for path in glob.glob(os.path.join(out, "**", "*.keras"), recursive=True):
@@ -219,6 +229,8 @@ def test_search_two_models_with_a_divergent_lr(tmp_path):
     cloned = read_csv(os.path.join(out, "results.csv"))
     assert [r["test_accuracy"] for r in cloned] == [r["test_accuracy"] for r in results]
     assert all(r["test_accuracy"] and not r["best_model"] for r in cloned)
+    report_only(no_data)  # nor, often, the data
+    assert read_csv(os.path.join(out, "results.csv")) == cloned
 
     # Rerunning a finished search trains nothing; a different search is refused.
     again = search(config, verbose=0)

@@ -122,12 +122,13 @@ def _evaluate_best(trial, best_dir, test_ds, test_aug_ds):
     target = os.path.join(best_dir, f"{name}.keras")
     record_path = os.path.join(best_dir, f"{name}.json")
     record = read_json(record_path)
-    if not os.path.exists(source):
-        # Weights stay on the machine that trained them (.gitignore); the test metrics recorded for
-        # this trial are results, and a clone or a later sitting keeps them.
+    if not os.path.exists(source) or (test_ds is None and test_aug_ds is None):
+        # Weights stay on the machine that trained them (.gitignore), and a clone may lack the data:
+        # the test metrics recorded for this trial are results, kept as they are.
         if record and record.get("trial_id") == trial["trial_id"]:
             return (target if os.path.exists(target) else None), record
-        return None, {"note": f"{source} is missing"}
+        missing = "no test data was given" if os.path.exists(source) else f"{source} is missing"
+        return None, {"note": f"not evaluated: {missing}"}
     stamp = [os.path.getsize(source), os.path.getmtime(source)]
     if (
         record
