@@ -108,7 +108,7 @@ def budget_lines(a, display):
     total = None if est["remaining_seconds"] is None else est["measured_seconds"] + est["remaining_seconds"]
     machine = "; ".join(est["cpus"]) or "unknown"
     load = "" if est["load"] is None else f" Mean load average while they ran: {est['load']:.1f}."
-    if all(r.status in DONE for r in a.records):
+    if a.records and all(r.status in DONE for r in a.records):
         total_line = f"The whole grid took {_hours(est['measured_seconds'])} of CPU time on {machine}.{load}"
     else:
         total_line = (

@@ -436,8 +436,8 @@ def write_report(config, test_ds=None, test_aug_ds=None, evaluate=True):
         "",
         markdown_table(results),
     ]
-    if time_line(trials):
-        text.append(time_line(trials))
+    if line := time_line(trials):
+        text.append(line)
     if failed:
         text.append("Failed trials:\n")
         text += [
