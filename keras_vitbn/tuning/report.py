@@ -48,6 +48,7 @@ RESULT_COLUMNS = (
     "best_trial",
     "best_model",
 )
+ENDED = ("completed", "failed")  # trial statuses (trials.csv) of a trial that will not run again
 TRIAL_COLUMNS = (
     "model",
     "depth",
@@ -272,7 +273,7 @@ def heatmap_matrix(config, trials, model):
     values = np.full((len(depths), len(columns)), np.nan)
     failed_only = np.zeros_like(values, dtype=bool)
     for t in trials:
-        if t["model"] != model or t["learning_rate"] is None or t["status"] not in ("completed", "failed"):
+        if t["model"] != model or t["learning_rate"] is None or t["status"] not in ENDED:
             continue
         r = depths.index(t["depth"])
         if edges is None:
@@ -402,7 +403,7 @@ def plot_best_lr(config, results, trials, path):
 
 def time_line(trials):
     """The trials' summed wall time and CPUs: a search resumed over several sittings has no single wall time."""
-    timed = [t for t in trials if t["status"] in ("completed", "failed") and t.get("seconds") is not None]
+    timed = [t for t in trials if t["status"] in ENDED and t.get("seconds") is not None]
     if not timed:
         return None
     cpus = sorted({t["cpu"] for t in timed if t.get("cpu")}) or ["an unrecorded CPU"]
@@ -425,7 +426,7 @@ def write_report(config, test_ds=None, test_aug_ds=None, evaluate=True):
     _write_csv(files["results_csv"], results, RESULT_COLUMNS)
     _write_csv(files["trials_csv"], trials, TRIAL_COLUMNS)
     failed = [t for t in trials if t["status"] == "failed"]
-    unfinished = [t for t in trials if t["status"] not in ("completed", "failed")]
+    unfinished = [t for t in trials if t["status"] not in ENDED]
     text = [
         f"# Learning rate per depth: {config.train.dataset}",
         "",
